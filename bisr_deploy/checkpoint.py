@@ -1,0 +1,146 @@
+"""Checkpoints: the project's own format, and import of the authors' two released files.
+
+Project format: one ``.safetensors`` file. Tensors are the model's state dict; the header metadata holds
+``format`` = ``bisr-deploy-checkpoint``, ``format_version`` = ``1`` and ``config`` = a JSON object with
+``architecture`` (``BiSRNetConfig`` fields), ``training`` (free-form settings) and ``provenance``.
+
+Authors' files (detected automatically): zip-format torch files holding either a plain state dict
+(simulation, read with ``weights_only=True``) or a pickled whole module (real, read by
+``bisr_deploy.safe_pickle`` without executing pickled code). Their mode is inferred from the file: a
+simulation model uses ``fution``; the caller can override it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import BisrError
+from .fileio import atomic_output
+from .model import BiSRNet, BiSRNetConfig
+from .safe_pickle import read_tensors
+
+FORMAT_NAME = "bisr-deploy-checkpoint"
+FORMAT_VERSION = "1"
+# The directory that holds this package's repository, where the shipped checkpoint lives.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bisrnet-sim-shipped.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: architecture config, state dict and free-form metadata."""
+
+    config: BiSRNetConfig
+    state_dict: dict[str, torch.Tensor]
+    training: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def build_model(self) -> BiSRNet:
+        """A ``BiSRNet`` in eval mode with these weights loaded strictly."""
+        model = BiSRNet.from_config(self.config)
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise BisrError(f"checkpoint does not fit the BiSRNet architecture in its config: {first}") from exc
+        return model.eval()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> None:
+    """Write ``ckpt`` in the project format, atomically."""
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(
+            {"architecture": ckpt.config.to_dict(), "training": ckpt.training, "provenance": ckpt.provenance},
+            sort_keys=True,
+        ),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt.state_dict.items()}
+    with atomic_output(path) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+
+
+def _load_project(path: str) -> Checkpoint:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BisrError(f"{path}: corrupt or truncated safetensors checkpoint ({exc})") from exc
+    if meta.get("format") != FORMAT_NAME:
+        raise BisrError(f"{path}: a safetensors file, but not a bisr-deploy checkpoint (no '{FORMAT_NAME}' metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BisrError(f"{path}: checkpoint format version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    try:
+        config = json.loads(meta["config"])
+        arch = BiSRNetConfig(**config["architecture"])
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise BisrError(f"{path}: the checkpoint's config is malformed ({exc})") from exc
+    return Checkpoint(arch.validate(), tensors, config.get("training", {}), config.get("provenance", {}))
+
+
+def _load_authors(path: str, mode: str | None) -> Checkpoint:
+    try:
+        tensors = dict(torch.load(path, map_location="cpu", weights_only=True))
+        reader = "torch.load(weights_only=True)"
+    except BisrError:
+        raise
+    except Exception:
+        tensors = dict(read_tensors(path))
+        reader = "restricted reader (pickled module, no code executed)"
+    if "conv_in.weight" not in tensors:
+        raise BisrError(f"{path}: a torch file, but not a BiSRNet checkpoint (no conv_in.weight)")
+    n_feat, in_channels = tensors["conv_in.weight"].shape[:2]
+    n_bodies = len({k.split(".")[1] for k in tensors if k.startswith("body.")})
+    if mode is None:
+        # The authors' real-data model is the pickled-module file; its forward never uses ``fution``.
+        mode = "real" if reader.startswith("restricted") else "sim"
+    config = BiSRNetConfig(in_channels=int(in_channels), out_channels=int(tensors["conv_out.weight"].shape[0]),
+                           n_feat=int(n_feat), stage=n_bodies, mode=mode)
+    provenance = {"source": "authors' release (caiyuanhao1998/BiSCI)", "file": os.path.basename(path),
+                  "sha256": file_sha256(path), "reader": reader}
+    return Checkpoint(config.validate(), tensors, {}, provenance)
+
+
+def load_checkpoint(path: str | os.PathLike | None = None, mode: str | None = None) -> Checkpoint:
+    """Load a project checkpoint or an authors' ``.pth``; ``None`` means the shipped default.
+
+    ``mode`` overrides the input mode inferred for an authors' file. Raises ``BisrError`` with a one-line
+    message for missing, truncated, corrupt, malicious or foreign files.
+    """
+    if path is None:
+        if not SHIPPED_CHECKPOINT.exists():
+            raise BisrError("no --checkpoint given and the shipped default checkpoint is not installed")
+        path = SHIPPED_CHECKPOINT
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BisrError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if zipfile.is_zipfile(path):
+        return _load_authors(path, mode)
+    if len(head) == 8:
+        ckpt = _load_project(path)
+        if mode is not None and mode != ckpt.config.mode:
+            raise BisrError(f"{path}: a {ckpt.config.mode}-mode checkpoint cannot run in {mode} mode")
+        return ckpt
+    raise BisrError(f"{path}: empty or truncated file, not a checkpoint")
