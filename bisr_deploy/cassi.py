@@ -54,12 +54,12 @@ def shift_back(snapshot: torch.Tensor, n_bands: int = DEFAULT_BANDS, step: int =
 
 
 def _check_mask(cube: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    if mask.dim() == 2:
-        mask = mask.unsqueeze(0)
-    if mask.dim() != 3 or mask.shape[-2:] != cube.shape[-2:]:
+    if mask.dim() not in (2, 3) or mask.shape[-2:] != cube.shape[-2:]:
         raise BisrError(
             f"mask shape {tuple(mask.shape)} does not match the scene's {tuple(cube.shape[-2:])} (H, W)"
         )
+    if mask.dim() == 2:
+        mask = mask.unsqueeze(0)
     if mask.shape[0] not in (1, cube.shape[0]):
         raise BisrError(f"mask batch {mask.shape[0]} does not match the cube batch {cube.shape[0]}")
     return mask.unsqueeze(1)

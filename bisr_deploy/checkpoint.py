@@ -107,8 +107,8 @@ def _load_authors(path: str, mode: str | None) -> Checkpoint:
     except Exception:
         tensors = dict(read_tensors(path))
         reader = "restricted reader (pickled module, no code executed)"
-    if "conv_in.weight" not in tensors:
-        raise BisrError(f"{path}: a torch file, but not a BiSRNet checkpoint (no conv_in.weight)")
+    if not {"conv_in.weight", "conv_out.weight"} <= set(tensors) or not any(k.startswith("body.") for k in tensors):
+        raise BisrError(f"{path}: a torch file, but not a BiSRNet checkpoint (no conv_in/body/conv_out tensors)")
     n_feat, in_channels = tensors["conv_in.weight"].shape[:2]
     n_bodies = len({k.split(".")[1] for k in tensors if k.startswith("body.")})
     if mode is None:
@@ -135,12 +135,14 @@ def load_checkpoint(path: str | os.PathLike | None = None, mode: str | None = No
     if not os.path.isfile(path):
         raise BisrError(f"{path}: no such checkpoint file")
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if zipfile.is_zipfile(path):
+        head = fh.read(9)
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            raise BisrError(f"{path}: truncated or corrupt torch checkpoint (broken zip archive)")
         return _load_authors(path, mode)
-    if len(head) == 8:
+    if len(head) == 9 and head[8:9] == b"{":
         ckpt = _load_project(path)
         if mode is not None and mode != ckpt.config.mode:
             raise BisrError(f"{path}: a {ckpt.config.mode}-mode checkpoint cannot run in {mode} mode")
         return ckpt
-    raise BisrError(f"{path}: empty or truncated file, not a checkpoint")
+    raise BisrError(f"{path}: not a checkpoint (neither a bisr-deploy .safetensors file nor a zip-format torch file)")

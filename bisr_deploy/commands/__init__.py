@@ -1,0 +1,1 @@
+"""One module per CLI command; ``bisr_deploy.cli`` registers them."""

@@ -1,0 +1,30 @@
+"""``bisr-deploy export``: a checkpoint -> one static ONNX model with bit-packed ``ai.bisr`` BiSRConv ops."""
+
+from __future__ import annotations
+
+import click
+
+from ..cassi import snapshot_width
+
+
+@click.command("export")
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
+              help="Project .safetensors or an authors' .pth; default: the shipped checkpoint.")
+@click.option("--output", required=True, type=click.Path(), help="The ONNX file to write (atomically).")
+@click.option("--height", default=256, show_default=True, type=int, help="Scene height (multiple of 8).")
+@click.option("--width", default=256, show_default=True, type=int, help="Scene width (multiple of 8).")
+@click.option("--mode", type=click.Choice(["sim", "real"]), default=None,
+              help="Input mode of an authors' .pth (inferred from the file by default).")
+def export_command(checkpoint_path, output, height, width, mode):
+    """Export BiSRNet to ONNX: raw snapshot (+ mask) in, 28-band cube out; runs in stock ONNX Runtime."""
+    from ..export import export_onnx, save_onnx
+
+    model = export_onnx(checkpoint_path, height, width, mode)
+    size = save_onnx(model, output)
+    props = {p.key: p.value for p in model.metadata_props}
+    inputs = ", ".join(f"{i.name} [{', '.join(str(d.dim_value) for d in i.type.tensor_type.shape.dim)}]"
+                       for i in model.graph.input)
+    n_custom = sum(1 for node in model.graph.node if node.domain == "ai.bisr")
+    click.echo(f"wrote {output}: {size:,} bytes, {props['bisr.mode']} mode, {height} x {width} "
+               f"(snapshot width {snapshot_width(width)})")
+    click.echo(f"inputs {inputs}; output cube [1, 28, {height}, {width}]; {n_custom} ai.bisr::BiSRConv nodes")

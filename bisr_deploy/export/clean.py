@@ -1,0 +1,74 @@
+"""Post-build passes on an exported model: static shape annotation, inference-cleanliness checks, and the
+replacement of ``ai.bisr`` ops by a stand-in (for importers that do not know the domain, e.g. TVM's Relax
+ONNX frontend, which must accept everything else).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper, shape_inference
+
+from .bisr_op import DOMAIN
+
+# Op types that must not survive into an inference graph: training-time estimators and dynamic shape plumbing.
+FORBIDDEN_OPS = ("Tanh", "Shape", "NonZero", "Range", "ConstantOfShape", "Loop", "If", "Scan", "Dropout")
+
+
+def annotate_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Strict ONNX shape inference (through the model-local functions): every tensor gets a value_info."""
+    return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+
+
+def _static(value_info: onnx.ValueInfoProto) -> bool:
+    shape = value_info.type.tensor_type.shape
+    return value_info.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in shape.dim)
+
+
+def inference_problems(model: onnx.ModelProto) -> list[str]:
+    """What keeps ``model`` (after ``annotate_shapes``) from being a clean static inference graph; [] if none.
+
+    Checks the main graph only (function bodies are the reference lowering of ``ai.bisr`` ops): forbidden op
+    types, Reshape (none is needed), tensors without a fully static shape, ops of unknown domains.
+    """
+    graph = model.graph
+    problems = []
+    for node in graph.node:
+        if node.domain not in ("", DOMAIN):
+            problems.append(f"{node.name}: op of foreign domain {node.domain}::{node.op_type}")
+        elif node.op_type in FORBIDDEN_OPS or node.op_type == "Reshape":
+            problems.append(f"{node.name}: {node.op_type} in an inference graph")
+    known = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    initializers = {t.name for t in graph.initializer}
+    for node in graph.node:
+        for name in list(node.output) + [i for i in node.input if i and i not in initializers]:
+            if name not in known:
+                problems.append(f"{node.name}: tensor {name} has no inferred shape")
+            elif not _static(known[name]):
+                problems.append(f"{node.name}: tensor {name} has a dynamic shape")
+    return problems
+
+
+def strip_custom_ops(model: onnx.ModelProto, replacement: str = "Identity") -> onnx.ModelProto:
+    """A copy of ``model`` with every ``ai.bisr`` node replaced by ``replacement(X)`` (a shape-preserving
+    unary standard op), its now-unused initializers, the functions and the domain import removed.
+    """
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    graph = stripped.graph
+    nodes = []
+    for node in graph.node:
+        if node.domain == DOMAIN:
+            nodes.append(helper.make_node(replacement, [node.input[0]], list(node.output), name=node.name))
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del stripped.functions[:]
+    imports = [o for o in stripped.opset_import if o.domain != DOMAIN]
+    del stripped.opset_import[:]
+    stripped.opset_import.extend(imports)
+    return stripped

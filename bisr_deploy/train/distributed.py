@@ -1,0 +1,80 @@
+"""Multi-process data parallelism: ``torchrun`` environment -> process group, device, DDP wrapper.
+
+Launched by ``torchrun --nproc_per_node N -m bisr_deploy.cli train ...`` (or any launcher that sets RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), each process trains a replica on its own share of each
+global batch; DistributedDataParallel averages the gradients, so replicas stay identical. Backend: NCCL
+when the process has a CUDA device, gloo on CPU. Without those variables, everything is single-process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import BisrError
+
+
+@dataclass
+class Context:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> Context:
+    """Join the process group if launched by torchrun; choose the device (``auto``: CUDA when present)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise BisrError("train.device = cuda but no CUDA device is available")
+    dev = torch.device("cuda", local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
+    return Context(rank, world_size, dev)
+
+
+def wrap(model: torch.nn.Module, ctx: Context) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when there are several processes, else ``model``."""
+    if ctx.world_size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def check_replicas(model: torch.nn.Module, ctx: Context) -> None:
+    """Raise ``BisrError`` unless every process holds bit-identical parameters (compares SHA-free checksums:
+    the float64 sum and sum of squares of every parameter, gathered from all ranks)."""
+    if ctx.world_size == 1:
+        return
+    sums = torch.stack([torch.stack([p.detach().double().sum(), (p.detach().double() ** 2).sum()])
+                        for p in model.parameters()]).to(ctx.device)
+    gathered = [torch.empty_like(sums) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, sums)
+    if any(not torch.equal(gathered[0], g) for g in gathered[1:]):
+        raise BisrError("data-parallel replicas have diverged (parameter checksums differ between processes)")
+
+
+def broadcast_flag(flag: bool, ctx: Context) -> bool:
+    """Rank 0's ``flag`` on every rank."""
+    if ctx.world_size == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=ctx.device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
