@@ -46,11 +46,22 @@ class Checkpoint:
     def build_model(self) -> BiSRNet:
         """A ``BiSRNet`` in eval mode with these weights loaded strictly."""
         model = BiSRNet.from_config(self.config)
-        try:
-            model.load_state_dict(self.state_dict, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise BisrError(f"checkpoint does not fit the BiSRNet architecture in its config: {first}") from exc
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in self.state_dict]
+        unexpected = [k for k in self.state_dict if k not in expected]
+        wrong = [k for k in expected if k in self.state_dict and self.state_dict[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+            if unexpected:
+                parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+            if wrong:
+                k = wrong[0]
+                parts.append(f"{len(wrong)} of wrong shape (e.g. {k}: {tuple(self.state_dict[k].shape)}, "
+                             f"expected {tuple(expected[k].shape)})")
+            raise BisrError(f"checkpoint does not fit the BiSRNet architecture in its config: tensors {'; '.join(parts)}")
+        model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
 

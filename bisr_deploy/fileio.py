@@ -30,8 +30,12 @@ def atomic_output(path: str | os.PathLike):
     except OSError as exc:
         raise BisrError(f"cannot write {path}: {exc.strerror}") from exc
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp
+        if os.path.isfile(tmp):
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

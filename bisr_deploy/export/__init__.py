@@ -8,6 +8,10 @@ API:
     save_onnx(model, path) -> int        atomic write, returns the size in bytes.
     strip_custom_ops(model, "Identity")  the graph with each ai.bisr node replaced (for importers without it).
 
+Modules: ``exporter`` (export_onnx, save_onnx), ``graph`` (module tree -> nodes), ``bisr_op`` (the ai.bisr
+node, initializers and FunctionProto), ``clean`` (shape annotation, inference checks, strip_custom_ops),
+``parity`` (ONNX Runtime vs PyTorch: per-layer sign bits, end-to-end PSNR).
+
 Graph conventions (every deployed form has this interface):
 - inputs: ``measurement`` float32 [1, H, W + 54], the raw CASSI snapshot; simulation-mode models also take
   ``mask`` float32 [1, H, W], the 2-D coded aperture. Output: ``cube`` float32 [1, 28, H, W].

@@ -28,17 +28,20 @@ def inference_problems(model: onnx.ModelProto) -> list[str]:
     """What keeps ``model`` (after ``annotate_shapes``) from being a clean static inference graph; [] if none.
 
     Checks the main graph only (function bodies are the reference lowering of ``ai.bisr`` ops): forbidden op
-    types, Reshape (none is needed), tensors without a fully static shape, ops of unknown domains.
+    types, Reshape (none is needed), Constant nodes and nodes computed from initializers alone (unfolded
+    constants), tensors without a fully static shape, ops of unknown domains.
     """
     graph = model.graph
+    initializers = {t.name for t in graph.initializer}
     problems = []
     for node in graph.node:
         if node.domain not in ("", DOMAIN):
             problems.append(f"{node.name}: op of foreign domain {node.domain}::{node.op_type}")
-        elif node.op_type in FORBIDDEN_OPS or node.op_type == "Reshape":
+        elif node.op_type in FORBIDDEN_OPS or node.op_type in ("Reshape", "Constant"):
             problems.append(f"{node.name}: {node.op_type} in an inference graph")
+        elif all(not name or name in initializers for name in node.input):
+            problems.append(f"{node.name}: computes a constant (not folded)")
     known = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
-    initializers = {t.name for t in graph.initializer}
     for node in graph.node:
         for name in list(node.output) + [i for i in node.input if i and i not in initializers]:
             if name not in known:

@@ -155,10 +155,9 @@ class GraphBuilder:
         return self.op("Add", [mapped, x], path)
 
     # ---- the snapshot front end ---------------------------------------------------------------------------
-    def shifted_crops(self, y: str, n_bands: int, step: int, width: int) -> str:
+    def shifted_crops(self, y: str, band_axis: str, n_bands: int, step: int, width: int) -> str:
         """[1, H, W + step*(C-1)] -> [1, C, H, W], band c = columns [step*c, step*c + W)."""
-        y4 = self.op("Unsqueeze", [y, self.init("frontend.axis_band", np.array([1], dtype=np.int64))],
-                     "frontend.add_band_axis")
+        y4 = self.op("Unsqueeze", [y, band_axis], "frontend.add_band_axis")
         axes = self.init("frontend.axis_width", np.array([3], dtype=np.int64))
         bands = []
         for c in range(n_bands):
@@ -174,25 +173,26 @@ def build_graph(model: BiSRNet, height: int, width: int, step: int = 2) -> onnx.
     c = model.n_bands
     snap_width = width + step * (c - 1)
     inputs = [helper.make_tensor_value_info("measurement", TensorProto.FLOAT, [1, height, snap_width])]
+    band_axis = b.init("frontend.axis_band", np.array([1], dtype=np.int64))
     if model.mode == "sim":
         inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, height, width]))
         y = b.op("Div", ["measurement", b.scalar("frontend.n_bands", float(c))], "frontend.divide_bands")
         y = b.op("Mul", [y, b.scalar("frontend.two", 2.0)], "frontend.scale")
-        h = b.shifted_crops(y, c, step, width)
-        mask = b.op("Unsqueeze", ["mask", "frontend.axis_band"], "frontend.mask_band_axis")
+        h = b.shifted_crops(y, band_axis, c, step, width)
+        mask = b.op("Unsqueeze", ["mask", band_axis], "frontend.mask_band_axis")
         mask = b.op("Expand", [mask, b.init("frontend.mask3d_shape", np.array([1, c, height, width], dtype=np.int64))],
                     "frontend.mask3d")
         x = b.op("Concat", [h, mask], "fution_input", axis=1)
         x = b.conv(model.fution, "fution", x)
     else:
         y = b.op("Cast", ["measurement"], "frontend.to_float64", to=TensorProto.DOUBLE)
-        y = b.op("Clip", [y, b.scalar("frontend.clip_min", 0.0, np.float64), b.scalar("frontend.clip_max", 1.0, np.float64)],
-                 "frontend.clip")
+        low, high = b.scalar("frontend.clip_min", 0.0, np.float64), b.scalar("frontend.clip_max", 1.0, np.float64)
+        y = b.op("Clip", [y, low, high], "frontend.clip")
         peak = b.op("ReduceMax", [y], "frontend.max", keepdims=1)
         y = b.op("Div", [y, peak], "frontend.normalise")
         y = b.op("Mul", [y, b.scalar("frontend.peak", REAL_PEAK, np.float64)], "frontend.scale")
         y = b.op("Cast", [y], "frontend.to_float32", to=TensorProto.FLOAT)
-        x = b.shifted_crops(y, c, step, width)
+        x = b.shifted_crops(y, band_axis, c, step, width)
     x = b.conv(model.conv_in, "conv_in", x)
     fea = x
     for index, body in enumerate(model.body):

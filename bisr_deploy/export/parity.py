@@ -66,7 +66,7 @@ class LayerParity:
     max_abs_ref: float     # max |Y_torch|
 
 
-def _single_op_model(module, name: str, shape: tuple[int, ...]) -> onnx.ModelProto:
+def single_op_model(module, name: str, shape: tuple[int, ...]) -> onnx.ModelProto:
     """One BiSRConv node, its function inlined, with the activation sign bits as a second output."""
     node = bisr_conv_node(module, name, "X", "Y")
     graph = helper.make_graph([node], name, [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
@@ -103,7 +103,7 @@ def layer_parity(model: BiSRNet, measurement: np.ndarray, mask: np.ndarray | Non
         x = inputs[name]
         preact = module.move0(x)
         y_ref = module(x).numpy()
-        session = ort_session(_single_op_model(module, name, tuple(x.shape)))
+        session = ort_session(single_op_model(module, name, tuple(x.shape)))
         y, a_pos = session.run(None, {"X": x.numpy()})
         rows.append(LayerParity(name, a_pos.size, int(((preact > 0).numpy() != a_pos).sum()),
                                 int((preact == 0).sum()), float(np.abs(y - y_ref).max()),
