@@ -34,10 +34,18 @@ def main():
 def _register():
     from .commands import info, reconstruct
     from .commands import export
+    from .commands import evaluate, train
+    from .commands import compile as compile_cmd, run
+    from .commands import bench
 
     main.add_command(reconstruct.reconstruct_command)
     main.add_command(info.info_command)
     main.add_command(export.export_command)
+    main.add_command(train.train_command)
+    main.add_command(evaluate.evaluate_command)
+    main.add_command(compile_cmd.compile_command)
+    main.add_command(run.run_command)
+    main.add_command(bench.bench_command)
 
 
 _register()

@@ -1,4 +1,4 @@
-"""The aarch64 cross toolchain and the qemu-user emulation environment that runs ARM builds on an x86_64 host.
+"""The qemu-user emulation environment that runs aarch64 builds (TVM modules, Python, native programs) on x86_64.
 
 The environment (built by ``tools/arm_env.py build``, or by ``.ci/setup-arm.sh``) lives in one directory,
 ``$BISR_ARM_ENV`` or ``~/.cache/bisr-deploy/arm-env``:
@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import platform
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from .cross import SETUP_HINT, require_tool
 from .errors import BisrError
 
 ENV_VAR = "BISR_ARM_ENV"
-CROSS_PREFIX = "aarch64-linux-gnu-"
 QEMU = "qemu-aarch64"
 GUEST_PYTHON = "usr/bin/python3.11"
 MANIFEST = "env.json"
-SETUP_HINT = "run .ci/setup-arm.sh (as root) or `python tools/arm_env.py build`"
 
 
 def default_env_dir() -> Path:
@@ -37,28 +39,6 @@ def default_env_dir() -> Path:
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser()
     return Path.home() / ".cache" / "bisr-deploy" / "arm-env"
-
-
-def require_tool(name: str) -> str:
-    """Absolute path of host program ``name``; BisrError naming the Debian package when it is missing."""
-    path = shutil.which(name)
-    if path is None:
-        package = "qemu-user" if name.startswith("qemu") else (
-            "g++-aarch64-linux-gnu" if name.endswith(("g++", "gcc")) else "binutils-aarch64-linux-gnu")
-        raise BisrError(f"{name} not found on PATH: install the Debian package {package} ({SETUP_HINT})")
-    return path
-
-
-def cross_tool(tool: str) -> str:
-    """Path of an aarch64 cross tool: ``cross_tool("g++")`` -> ``/usr/bin/aarch64-linux-gnu-g++``."""
-    return require_tool(CROSS_PREFIX + tool)
-
-
-def cross_fcompile():
-    """The ``fcompile`` for ``tvm.runtime.Module.export_library`` that links an aarch64 Linux shared library."""
-    from tvm.support import cc
-
-    return cc.cross_compiler(cross_tool("g++"))
 
 
 @dataclass(frozen=True)
@@ -86,33 +66,27 @@ class ArmEnv:
         return [self.site / "tvm" / "lib", self.site / "tvm_ffi" / "lib"]
 
     @property
-    def include_dirs(self) -> list[Path]:
-        """TVM runtime, tvm-ffi and DLPack headers shipped in the wheels (for native code using the runtime)."""
-        return [self.site / "tvm" / "include", self.site / "tvm_ffi" / "include",
-                self.site / "tvm_ffi" / "3rdparty" / "dlpack" / "include"]
+    def include_dir(self) -> Path:
+        """tvm-ffi and DLPack headers shipped in the tvm-ffi wheel: all that native code calling the runtime needs."""
+        return self.site / "tvm_ffi" / "include"
 
-    def _command(self, program: list[str], guest_env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-        qemu = require_tool(QEMU)
-        cmd = [qemu, "-L", str(self.sysroot)]
-        for key, value in guest_env.items():
-            cmd += ["-E", f"{key}={value}"]
-        # qemu hands its own environment to the guest: keep it minimal so no host PYTHONPATH etc. leaks in.
-        host_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-                    "LANG": "C.UTF-8"}
-        return cmd + program, host_env
-
-    def run(self, program: list[str], *, cwd=None, env: dict[str, str] | None = None,
+    def run(self, program: list[str | os.PathLike], *, cwd=None, env: dict[str, str] | None = None,
             timeout: float | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """Run an aarch64 executable (``program[0]``, a path) under qemu; text stdout/stderr captured.
 
-        ``env`` adds guest environment variables. With ``check``, a non-zero exit raises BisrError carrying
-        the last lines of the guest's stderr.
+        The guest finds the aarch64 TVM runtime libraries on ``LD_LIBRARY_PATH``; ``env`` adds guest variables.
+        With ``check``, a non-zero exit raises BisrError carrying the last lines of the guest's stderr.
         """
         guest_env = {"LD_LIBRARY_PATH": ":".join(str(d) for d in self.runtime_lib_dirs), "LANG": "C.UTF-8",
                      "HOME": os.environ.get("HOME", "/tmp"), **(env or {})}
-        cmd, host_env = self._command([str(p) for p in program], guest_env)
+        cmd = [require_tool(QEMU), "-L", str(self.sysroot)]
+        for key, value in guest_env.items():
+            cmd += ["-E", f"{key}={value}"]
+        # qemu hands its own environment to the guest: keep it minimal so no host PYTHONPATH etc. leaks in.
+        host_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": guest_env["HOME"], "LANG": "C.UTF-8"}
         try:
-            proc = subprocess.run(cmd, cwd=cwd, env=host_env, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd + [str(p) for p in program], cwd=cwd, env=host_env, capture_output=True,
+                                  text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise BisrError(f"aarch64 program {program[0]} did not finish within {timeout:.0f} s under qemu") from exc
         if check and proc.returncode != 0:
@@ -126,14 +100,14 @@ class ArmEnv:
                    check: bool = True) -> subprocess.CompletedProcess:
         """Run a Python script file or a ``code`` string with the aarch64 CPython 3.11 under qemu.
 
-        The guest ``sys.path`` holds ``pythonpath`` (e.g. the repository root, to import ``bisr_deploy``) and
-        then the aarch64 wheels (tvm, tvm_ffi, numpy). Returns the CompletedProcess (stdout, stderr, returncode).
+        The guest ``sys.path`` holds the aarch64 wheels (tvm, tvm_ffi, numpy) and then ``pythonpath`` (e.g. the
+        repository root, to import ``bisr_deploy``). Returns the CompletedProcess (stdout, stderr, returncode).
         """
         if (script is None) == (code is None):
             raise ValueError("give exactly one of script and code")
         program = [self.python, "-s"]
         program += ["-c", code] if code is not None else [str(script)]
-        path = ":".join([str(Path(p).resolve()) for p in pythonpath] + [str(self.site)])
+        path = ":".join([str(self.site)] + [str(Path(p).resolve()) for p in pythonpath])
         return self.run(program + list(args), cwd=cwd, env={"PYTHONPATH": path, "PYTHONNOUSERSITE": "1"},
                         timeout=timeout, check=check)
 
@@ -149,3 +123,73 @@ def load_env(root: str | os.PathLike | None = None) -> ArmEnv:
     except (ValueError, KeyError) as exc:
         raise BisrError(f"{manifest}: corrupt environment manifest; delete {root} and rebuild ({SETUP_HINT})") from exc
     return ArmEnv(root=root, versions=versions)
+
+
+# Runs in the guest: bisr_deploy.runtime.load and CompiledModel.run_raw, on aarch64, for every input set
+# WORKDIR/in<k>_<i>.npy -> WORKDIR/out<k>.npy. The host has already checked the files' sha256
+# (runtime.verify_files imports torch through checkpoint.file_sha256, and the guest has no torch); every other
+# check of load() (format, CPU features, triple) runs here.
+_GUEST_REFUSED = 3  # exit status of the guest for a BisrError; its stderr is then the message
+_GUEST_RUN = f"""
+import sys
+import numpy as np
+import bisr_deploy.runtime as runtime
+from bisr_deploy.errors import BisrError
+directory, work, count, n_inputs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+runtime.verify_files = lambda directory, manifest: None
+try:
+    model = runtime.load(directory)
+except BisrError as exc:
+    sys.stderr.write(str(exc))
+    sys.exit({_GUEST_REFUSED})
+for k in range(count):
+    arrays = [np.load(f"{{work}}/in{{k}}_{{i}}.npy") for i in range(n_inputs)]
+    np.save(f"{{work}}/out{{k}}.npy", model.run_raw(arrays))
+"""
+
+
+def is_foreign(manifest: dict) -> bool:
+    """True when the artifact's code is aarch64 and this machine is not (so it must run under emulation)."""
+    arch = manifest["target"].get("triple", "").split("-")[0]
+    return arch == "aarch64" and platform.machine() not in ("aarch64", "arm64")
+
+
+def run_artifact_many(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np.ndarray | None]], *,
+                      env: ArmEnv | None = None, timeout: float | None = 3600) -> list[np.ndarray]:
+    """``[runtime.load(directory)(measurement, mask) for measurement, mask in inputs]`` for an aarch64 artifact,
+    in one emulated process (TVM's import under qemu, ~6 s, is paid once).
+
+    Same contract as ``CompiledModel.__call__``: measurement [H, W+54], mask [H, W] or None -> cube float32
+    [28, H, W]. Inputs are validated and the artifact's files verified on the host; the Python loader and the
+    compiled code run in the emulation environment (``env``, default ``load_env()``). Raises ``BisrError``.
+    """
+    from . import runtime
+
+    directory = Path(directory).resolve()
+    manifest = runtime.read_manifest(directory)
+    runtime.verify_files(directory, manifest)
+    shapes = runtime.CompiledModel(directory, manifest, None, [])  # its input validation only; no code loaded
+    env = env or load_env()
+    with tempfile.TemporaryDirectory(prefix="bisr-emulated-") as tmp:
+        tmp = Path(tmp)
+        # Only bisr_deploy joins the guest's path: the host's site-packages holds x86_64 builds.
+        (tmp / "path").mkdir()
+        (tmp / "path" / "bisr_deploy").symlink_to(Path(__file__).resolve().parent)
+        n_inputs = len(manifest["inputs"])
+        for k, (measurement, mask) in enumerate(inputs):
+            for i, array in enumerate(shapes._inputs(measurement, mask)):
+                np.save(tmp / f"in{k}_{i}.npy", array)
+        proc = env.run_python(code=_GUEST_RUN, args=[directory, tmp, len(inputs), n_inputs],
+                              pythonpath=[tmp / "path"], timeout=timeout, check=False)
+        if proc.returncode == _GUEST_REFUSED:
+            raise BisrError(proc.stderr.strip())
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise BisrError(f"the emulated run of {directory} failed (status {proc.returncode}):\n{tail}")
+        return [np.load(tmp / f"out{k}.npy")[0].astype(np.float32, copy=False) for k in range(len(inputs))]
+
+
+def run_artifact(directory: str | os.PathLike, measurement: np.ndarray, mask: np.ndarray | None = None, *,
+                 env: ArmEnv | None = None, timeout: float | None = 1800) -> np.ndarray:
+    """``runtime.load(directory)(measurement, mask)`` for an aarch64 artifact, under qemu (``run_artifact_many``)."""
+    return run_artifact_many(directory, [(measurement, mask)], env=env, timeout=timeout)[0]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..bitpack import unpack_sign_bits
 from ..errors import BisrError
 
 WORD_BITS = 32
@@ -81,22 +82,17 @@ class BiSRConvSpec:
     def padded(self) -> bool:
         return self.kernel != (1, 1)
 
-    def bit_ops(self) -> int:
-        """Binary multiply-accumulates of one call (for the benchmark's throughput figure)."""
-        kh, kw = self.kernel
-        return self.batch * self.channels * self.height * self.width * self.group_channels * kh * kw
 
 
 def prepare_weights(spec: BiSRConvSpec, weight_bits: np.ndarray) -> dict[str, np.ndarray]:
     """ONNX ``weight_bits`` uint8 [C, ceil(Cg·KH·KW/8)] (LSB-first over (i,u,v)) -> ``wwords``, ``wmask``, ``table``."""
     c, cg = spec.channels, spec.group_channels
     kh, kw = spec.kernel
-    n_bits = cg * kh * kw
-    weight_bits = np.asarray(weight_bits)
-    if weight_bits.dtype != np.uint8 or weight_bits.shape != (c, -(-n_bits // 8)):
-        raise BisrError(f"BiSRConv: weight_bits must be uint8 [{c}, {-(-n_bits // 8)}], got {weight_bits.dtype} "
-                        f"{list(weight_bits.shape)}")
-    signs = np.unpackbits(weight_bits, axis=1, bitorder="little")[:, :n_bits].reshape(c, cg, kh, kw).astype(np.uint64)
+    try:
+        signs = unpack_sign_bits(weight_bits, (c, cg, kh, kw)) > 0
+    except ValueError as exc:
+        raise BisrError(f"BiSRConv weight_bits: {exc}") from exc
+    signs = signs.astype(np.uint64)
     nwg = spec.group_words
     wwords = np.zeros((c, nwg, kh, kw), np.uint64)
     wmask = np.zeros((c, nwg), np.uint64)
@@ -188,9 +184,12 @@ def bisrconv_compute(spec: BiSRConvSpec):
         bound = tirx.Select(first, tirx.Select(last, table[o, row_class, 3], table[o, row_class, 1]),
                             tirx.Select(last, table[o, row_class, 2], table[o, row_class, 0]))
         acc = bound - 2 * mismatches[n, o, y, xx]
-        s = scale[o] * acc.astype("float32")
+        # TVM's LLVM backend contracts a float32 multiply-add into an FMA (one rounding instead of the
+        # contract's two). scale·acc is exact in float64 (24-bit × |acc| < 2^29) and its narrowing
+        # equals the float32 product, which LLVM cannot fuse with the following float32 add.
+        s = (scale[o].astype("float64") * acc.astype("float64")).astype("float32")
         t = s + bias_in[o]
-        r = tirx.Select(s > -bias_in[o], t, slope[o] * t) + bias_out[o]
+        r = tirx.Select(t > zero_f, t, slope[o] * t) + bias_out[o]
         return x[n, o, y, xx] + r
 
     y_out = te.compute((n_, c, h, w), epilogue, name="epilogue")
@@ -204,6 +203,14 @@ def vector_lanes(width: int, lanes: int) -> int:
     return lanes
 
 
+def _vectorize_row(sch, pack, lanes: int) -> None:
+    """The pack block's innermost (word plane, x) loops: planes unrolled, x in vectors of ``lanes``."""
+    *_, p, xx = sch.get_loops(pack)
+    xo, xi = sch.split(xx, [None, lanes])
+    sch.unroll(p)
+    sch.vectorize(xi)
+
+
 def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16):
     """The scheduled ``PrimFunc`` (params: X, PARAM_NAMES..., Y): vectorised along W with ``lanes`` uint32
     lanes (16 = one zmm, 8 = one ymm), rows in parallel, the reduction in registers, the taps unrolled."""
@@ -215,13 +222,11 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16):
     lanes = vector_lanes(spec.width, lanes)
 
     pack = sch.get_sblock("pack")
-    n, p, y, xx = sch.get_loops(pack)
-    xo, xi = sch.split(xx, [None, lanes])
-    sch.reorder(n, y, p, xo, xi)
-    sch.parallel(sch.fuse(n, y))
-    sch.unroll(p)
-    sch.vectorize(xi)
-    if spec.padded:
+    if spec.padded:  # the 3x3 window needs neighbouring rows: pack the whole image first, then pad it
+        n, p, y, xx = sch.get_loops(pack)
+        sch.reorder(n, y, p, xx)
+        sch.parallel(sch.fuse(n, y))
+        _vectorize_row(sch, pack, lanes)
         pad = sch.get_sblock("pad")
         n, p, y, xx = sch.get_loops(pad)
         sch.reorder(n, y, p, xx)
@@ -242,6 +247,9 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16):
     sch.vectorize(cx)
     for loop in reduction:
         sch.unroll(loop)
+    if not spec.padded:  # 1x1: pack each row just before its convolution, while X's row is still in cache
+        sch.compute_at(pack, rows)
+        _vectorize_row(sch, pack, lanes)
     sch.parallel(rows)
     init = sch.decompose_reduction(conv, reduction[0] if reduction else cx)
     sch.vectorize(sch.get_loops(init)[-1])

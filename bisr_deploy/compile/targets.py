@@ -1,8 +1,7 @@
 """Every compile target in one place: name -> TVM target dict, vector width, and the CPU features it needs.
 
 A ``CompileTarget`` says how to build (``tvm_target``: the dict given to ``tvm.target.Target``), how to
-schedule (``lanes``: uint32 lanes of one vector register for the bitserial kernels, ``float_lanes`` for the
-float convolutions) and where the result can run (``required_features``: instruction-set extensions, as
+schedule (``lanes``: 32-bit lanes of one vector register, for the bitserial and the float kernels) and where the result can run (``required_features``: instruction-set extensions, as
 Linux ``/proc/cpuinfo`` spells them, that the generated code may use). ``x86`` CPUs: ``znver4`` (AVX-512 with
 VPOPCNTDQ), ``skylake-avx512`` (AVX-512 without vector popcount), ``haswell`` (AVX2), ``native`` (this machine).
 """
@@ -37,8 +36,8 @@ class CompileTarget:
     cpu: str
     tvm_target: dict
     lanes: int
-    float_lanes: int
     required_features: tuple[str, ...] = field(default=())
+    ndk: str | None = None  # android-arm64 only: the Android NDK that links the library
 
     @property
     def triple(self) -> str:
@@ -57,6 +56,8 @@ def _llvm_features(target_dict: dict) -> set[str]:
 
 def host_cpu_flags() -> set[str]:
     """The instruction-set flags of this machine (``/proc/cpuinfo``); empty where that file does not exist."""
+    if _is_aarch64():
+        return aarch64_cpu_flags()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -67,10 +68,14 @@ def host_cpu_flags() -> set[str]:
     return set()
 
 
-def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None = None) -> CompileTarget:
-    """Name -> ``CompileTarget``. Raises ``BisrError`` for an unknown arch or cpu."""
+def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None = None,
+                   ndk: str | None = None) -> CompileTarget:
+    """Name -> ``CompileTarget``. Raises ``BisrError`` for an unknown arch or cpu.
+    ``ndk``: the Android NDK for ``android-arm64`` (default ``$ANDROID_NDK_HOME``)."""
+    if arch in ARM_ARCHES:
+        return _resolve_arm(arch, cpu, num_cores, ndk)
     if arch != "x86":
-        raise BisrError(f"unknown target {arch!r}; supported: x86")
+        raise BisrError(f"unknown target {arch!r}; supported: x86, {', '.join(ARM_ARCHES)}")
     if cpu not in X86_CPUS:
         raise BisrError(f"unknown x86 cpu {cpu!r}; expected one of {', '.join(X86_CPUS)}")
     from tvm.target import codegen
@@ -92,8 +97,7 @@ def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None
             target["mattr"] = [f"-{llvm}" for llvm, flag in _LLVM_TO_CPUINFO.items() if flag in missing]
             required = tuple(f for f in required if f not in missing)
     wide = "avx512f" in required
-    return CompileTarget("x86", cpu, target, lanes=16 if wide else 8, float_lanes=16 if wide else 8,
-                         required_features=required)
+    return CompileTarget("x86", cpu, target, lanes=16 if wide else 8, required_features=required)
 
 
 def check_runnable(required_features, where: str = "this artifact") -> None:
@@ -104,3 +108,60 @@ def check_runnable(required_features, where: str = "this artifact") -> None:
     missing = sorted(set(required_features) - host)
     if missing:
         raise BisrError(f"{where} needs CPU features this machine lacks: {', '.join(missing)}")
+
+
+# ---- ARM (aarch64) targets: ARM deployment, issue 5 (docs/arm.md). They cross-compile on an x86_64 host;
+# ``fcompile_for`` gives the linker, bisr_deploy/emulation.py runs the result under qemu. ----
+
+ARM_ARCHES = ("arm", "android-arm64")
+# Only the generic ARMv8-A core: an -mcpu would let LLVM use extensions (dotprod, LSE, ...) that
+# required_features does not record.
+ARM_CPUS = ("generic",)
+_ARM_TRIPLES = {"arm": "aarch64-linux-gnu", "android-arm64": "aarch64-linux-android"}
+# Bits of the kernel's AT_HWCAP on aarch64, named as /proc/cpuinfo's "Features" line names them.
+_AARCH64_HWCAP = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp",
+                  "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4", "asimddp", "sha512",
+                  "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb", "paca", "pacg")
+
+
+def _is_aarch64() -> bool:
+    import platform
+
+    return platform.machine() in ("aarch64", "arm64")
+
+
+def aarch64_cpu_flags() -> set[str]:
+    """Features of this aarch64 CPU from ``getauxval(AT_HWCAP)`` (glibc and Android's bionic). Unlike
+    /proc/cpuinfo, also right under qemu-user, where /proc/cpuinfo is the x86 host's."""
+    import ctypes
+
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    hwcap = getauxval(16)  # AT_HWCAP
+    return {name for bit, name in enumerate(_AARCH64_HWCAP) if hwcap >> bit & 1}
+
+
+def _resolve_arm(arch: str, cpu: str, num_cores: int | None, ndk: str | None) -> CompileTarget:
+    """aarch64 with NEON: 128-bit vectors, 4 uint32 / 4 float32 lanes; Linux calls NEON ``asimd``."""
+    from .. import cross
+
+    cpu = "generic" if cpu == "native" else cpu  # a cross build has no "native" CPU
+    if cpu not in ARM_CPUS:
+        raise BisrError(f"unknown {arch} cpu {cpu!r}; expected one of {', '.join(ARM_CPUS)}")
+    target = {"kind": "llvm", "mtriple": _ARM_TRIPLES[arch], "mattr": ["+neon"]}
+    if num_cores:
+        target["num-cores"] = int(num_cores)
+    # The NDK is checked here, before the long compile, not at link time.
+    ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
+    return CompileTarget(arch, cpu, target, lanes=4, required_features=("asimd",), ndk=ndk)
+
+
+def fcompile_for(target: CompileTarget):
+    """The ``fcompile`` for ``export_library``: None (the host compiler) for x86, a cross linker for ARM."""
+    from .. import cross
+
+    if target.arch == "arm":
+        return cross.linux_fcompile()
+    if target.arch == "android-arm64":
+        return cross.android_fcompile(target.ndk)
+    return None

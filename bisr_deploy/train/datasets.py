@@ -1,9 +1,9 @@
 """Training and validation samples: cube folders, synthetic scenes, the coded aperture, the simulated measurement.
 
 A sample is ``(truth [28, P, P], mask [P, P], measurement [P, P + 54])``, float32 numpy. Training sample
-``index`` of ``epoch`` is a pure function of ``(seed, epoch, index)`` (its own ``numpy`` generator), so a
-run resumed at any step, or split over several processes, sees exactly the samples an uninterrupted
-single run would. The network input is then made from the measurement by ``bisr_deploy.frontend`` (the
+``index`` of ``epoch`` is a pure function of ``(seed, epoch, index)`` (its own ``numpy`` generator), and the
+order of an epoch's indices a pure function of ``(seed, epoch)`` (``epoch_order``), so a run resumed at any
+step, or split over several processes, sees exactly the samples an uninterrupted single run would. The network input is then made from the measurement by ``bisr_deploy.frontend`` (the
 authors' preprocessing), in the trainer.
 
 Shot noise (real mode, or ``data.shot_noise``): the TSA-Net/BiSCI 11-bit model. With the normalised
@@ -156,7 +156,7 @@ class SampleMaker:
     noisy: bool
 
     def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = np.random.default_rng([self.seed, 0, epoch, index])
         size = self.config.patch_size
         if not self.cubes or rng.uniform() < self.config.synthetic_fraction:
             # Even seeds for training scenes; held-out scenes (``heldout_synthetic``) use odd ones.
@@ -196,3 +196,8 @@ def validation_set(config: DataConfig, mask: np.ndarray, noisy: bool) -> list[tu
         y = measure(truth, crop_mask)
         out.append((name, truth, crop_mask, shot_noise(y, rng) if noisy else y))
     return out
+
+
+def epoch_order(seed: int, epoch: int, samples_per_epoch: int) -> np.ndarray:
+    """The order in which the epoch's sample indices are visited (a permutation, pure in seed and epoch)."""
+    return np.random.default_rng([seed, 1, epoch]).permutation(samples_per_epoch)

@@ -44,17 +44,22 @@ def setup(device: str = "auto") -> Context:
     return Context(rank, world_size, dev)
 
 
-def wrap(model: torch.nn.Module, ctx: Context) -> torch.nn.Module:
-    """DistributedDataParallel around ``model`` when there are several processes, else ``model``."""
+def wrap(model: torch.nn.Module, ctx: Context, find_unused: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when there are several processes, else ``model``.
+
+    ``find_unused``: some parameters get no gradient (real mode skips ``fution``; clip/quad leave the Tanh
+    slope unused), which DDP must be told about.
+    """
     if ctx.world_size == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused)
 
 
 def check_replicas(model: torch.nn.Module, ctx: Context) -> None:
-    """Raise ``BisrError`` unless every process holds bit-identical parameters (compares SHA-free checksums:
+    """Raise ``BisrError`` unless every process holds bit-identical parameters (compares checksums:
     the float64 sum and sum of squares of every parameter, gathered from all ranks)."""
     if ctx.world_size == 1:
         return
@@ -64,15 +69,6 @@ def check_replicas(model: torch.nn.Module, ctx: Context) -> None:
     dist.all_gather(gathered, sums)
     if any(not torch.equal(gathered[0], g) for g in gathered[1:]):
         raise BisrError("data-parallel replicas have diverged (parameter checksums differ between processes)")
-
-
-def broadcast_flag(flag: bool, ctx: Context) -> bool:
-    """Rank 0's ``flag`` on every rank."""
-    if ctx.world_size == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=ctx.device)
-    dist.broadcast(t, 0)
-    return bool(t.item())
 
 
 def teardown() -> None:

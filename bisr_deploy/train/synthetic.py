@@ -18,7 +18,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ..errors import BisrError
-from .spectra import CASSI_WAVELENGTHS, resample_matrix
+from .spectra import resample_matrix
 
 # Distinct measured sets (colour-science also registers aliases such as 'babel_average'; those are skipped).
 _CHECKER_SETS = ("BabelColor Average", "ColorChecker N Ohta", "ISO 17321-1", "PMC")

@@ -1,0 +1,66 @@
+"""``bisr-deploy compile``: ONNX model or checkpoint -> artifact directory (TVM, bitserial kernels)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..checkpoint import file_sha256
+from ..compile.targets import ARM_ARCHES, ARM_CPUS, X86_CPUS
+from ..errors import BisrError
+
+
+def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
+    """(onnx.ModelProto, source record) from an ONNX file or a checkpoint (exported at H x W)."""
+    import onnx
+
+    if model_path and checkpoint_path:
+        raise BisrError("give either MODEL.onnx or --checkpoint, not both")
+    if model_path:
+        if not os.path.isfile(model_path):
+            raise BisrError(f"{model_path}: no such file")
+        try:
+            model = onnx.load(model_path)
+        except Exception as exc:
+            raise BisrError(f"{model_path}: not a readable ONNX model ({exc.__class__.__name__})") from exc
+        for name, value in (("height", height), ("width", width)):
+            recorded = {p.key: p.value for p in model.metadata_props}.get(f"bisr.{name}")
+            if value is not None and recorded is not None and int(recorded) != value:
+                raise BisrError(f"--{name} {value} does not match the model's static {name} {recorded}")
+        return model, {"file": os.path.basename(model_path), "sha256": file_sha256(model_path)}
+    from ..checkpoint import SHIPPED_CHECKPOINT
+    from ..export import export_onnx
+
+    model = export_onnx(checkpoint_path, height or 256, width or 256, mode)
+    path = checkpoint_path or SHIPPED_CHECKPOINT
+    return model, {"checkpoint": os.path.basename(str(path)), "checkpoint_sha256": file_sha256(path)}
+
+
+@click.command("compile")
+@click.argument("model_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
+              help="Compile a checkpoint (exported on the fly) instead of an ONNX file; default: the shipped one.")
+@click.option("--target", "arch", type=click.Choice(["x86", *ARM_ARCHES]), default="x86", show_default=True,
+              help="x86, arm (aarch64 Linux, NEON) or android-arm64 (needs the NDK); ARM: docs/arm.md.")
+@click.option("--cpu", type=click.Choice(list(dict.fromkeys(X86_CPUS + ARM_CPUS))), default="native", show_default=True,
+              help="Instruction set: znver4 (AVX-512 + VPOPCNTDQ), skylake-avx512, haswell (AVX2), native; "
+                   "ARM: generic (= native).")
+@click.option("--ndk", type=click.Path(file_okay=False), default=None,
+              help="Android NDK for --target android-arm64 (default: $ANDROID_NDK_HOME).")
+@click.option("--height", type=int, default=None, help="Scene height for --checkpoint (default 256).")
+@click.option("--width", type=int, default=None, help="Scene width for --checkpoint (default 256).")
+@click.option("--mode", type=click.Choice(["sim", "real"]), default=None, help="Input mode of an authors' .pth.")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
+def compile_command(model_path, checkpoint_path, arch, cpu, ndk, height, width, mode, output):
+    """Compile BiSRNet to a native artifact (shared library + parameters + manifest)."""
+    from ..compile.build import build_artifact
+    from ..compile.targets import resolve_target
+
+    target = resolve_target(arch, cpu, ndk=ndk)
+    model, source = load_model_for_compile(model_path, checkpoint_path, height, width, mode)
+    manifest = build_artifact(model, output, target, source)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    n_bin = sum(1 for layer in manifest["layers"] if layer["kind"] == "bisrconv")
+    click.echo(f"wrote {output}: {manifest['mode']}-mode, input {manifest['inputs'][0]['shape']}, "
+               f"{n_bin} bitserial BiSRConvs, target {target.triple} cpu {target.tvm_target.get('mcpu', target.cpu)}, {size / 1e6:.2f} MB")

@@ -1,0 +1,29 @@
+"""``bisr-deploy run``: one snapshot -> cube with a compiled artifact."""
+
+from __future__ import annotations
+
+import click
+
+from ..fileio import load_array, save_array
+
+
+@click.command("run")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--measurement", required=True, type=click.Path(dir_okay=False), help="Raw snapshot H x (W+54).")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None, help="2-D mask H x W (sim mode).")
+@click.option("--key", default=None, help="Variable name inside --measurement when it holds several.")
+@click.option("--mask-key", default=None, help="Variable name inside --mask when it holds several.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Cube 28 x H x W: .npy or .mat.")
+def run_command(artifact, measurement, mask_path, key, mask_key, threads, output):
+    """Reconstruct a cube with a compiled artifact (made by `bisr-deploy compile`)."""
+    from ..runtime import load, set_num_threads
+
+    model = load(artifact)
+    if threads:
+        set_num_threads(threads)
+    y = load_array(measurement, key)
+    mask = load_array(mask_path, mask_key) if mask_path else None
+    cube = model(y, mask)
+    save_array(output, cube)
+    click.echo(f"wrote {output}: cube {cube.shape[0]} x {cube.shape[1]} x {cube.shape[2]} float32")

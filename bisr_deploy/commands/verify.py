@@ -1,0 +1,103 @@
+"""``bisr-deploy verify``: a compiled artifact against the PyTorch model, on scenes with and without ground truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import verify as v
+from ..checkpoint import load_checkpoint
+from ..errors import BisrError
+from ..fileio import atomic_output, load_array
+
+
+@click.command("verify")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
+              help="The checkpoint the artifact was compiled from (default: the shipped one).")
+@click.option("--scenes", "scenes_dir", type=click.Path(file_okay=False), default=None,
+              help=f"Folder of ground-truth cubes (default: {v.DEFAULT_SCENES} when present).")
+@click.option("--real", "real_dir", type=click.Path(file_okay=False), default=None,
+              help=f"Folder of real snapshots without ground truth, real-mode artifacts (default: {v.DEFAULT_REAL}).")
+@click.option("--synthetic", default=2, show_default=True, type=click.IntRange(0, 100),
+              help="Number of held-out synthetic scenes.")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
+              help="2-D mask for simulated snapshots (default: the standard mask's top-left crop, else the generated one).")
+@click.option("--mask-key", default=None, help="Variable name inside --mask.")
+@click.option("--layers/--no-layers", default=True, show_default=True,
+              help="Check every BiSR-Conv of the artifact on PyTorch's own layer inputs.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report here.")
+def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, mask_path, mask_key, layers, json_path):
+    """Check ARTIFACT against PyTorch: per-layer agreement, PSNR/SSIM against PyTorch and ground truth.
+
+    Exits with status 1 when a criterion fails (criteria: bisr_deploy/verify.py)."""
+    from .. import emulation, runtime
+
+    manifest = runtime.read_manifest(artifact)
+    ckpt = load_checkpoint(checkpoint_path)
+    if ckpt.config.mode != manifest["mode"]:
+        raise BisrError(f"the artifact is a {manifest['mode']}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
+    _, _, height, width = manifest["output"]["shape"]
+    report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or "shipped default")
+
+    mask = None
+    if manifest["mode"] == "sim":
+        mask = load_array(mask_path, mask_key) if mask_path else v.default_mask(height, width)
+        mask = v._crop_mask(mask, height, width)
+    scenes = [("synthetic", s) for s in v.synthetic_scenes(synthetic, height, width, mask)]
+    scenes_dir = Path(scenes_dir) if scenes_dir else (v.DEFAULT_SCENES if v.DEFAULT_SCENES.is_dir() else None)
+    if scenes_dir is not None:
+        if not scenes_dir.is_dir():
+            raise BisrError(f"{scenes_dir}: no such scene folder")
+        scenes += [("ground-truth", s) for s in v.ground_truth_scenes(scenes_dir, height, width, mask, report.skipped)]
+    if manifest["mode"] == "real":
+        real_dir = Path(real_dir) if real_dir else (v.DEFAULT_REAL if v.DEFAULT_REAL.is_dir() else None)
+        if real_dir is not None:
+            scenes += [("real", s) for s in v.real_snapshots(real_dir, height, width, report.skipped)]
+    elif real_dir:
+        report.skipped.append(f"{real_dir}: real snapshots need a real-mode artifact")
+
+    only = [s for _, s in scenes]
+    if emulation.is_foreign(manifest):
+        outputs = emulation.run_artifact_many(artifact, [(s.measurement, s.mask) for s in only])
+        latencies = [None] * len(only)
+    else:
+        runtime.default_threads()
+        outputs, latencies = v.timed_outputs(runtime.load(artifact), only)
+    references = v.torch_outputs(ckpt, only)
+    for (kind, scene), out, ref, ms in zip(scenes, outputs, references, latencies):
+        report.scenes.append(v.compare_scene(scene, kind, out, ref, ms))
+    if layers:
+        report.layers = v.layer_agreement(artifact, manifest, ckpt, only[0] if only else None)
+    v.judge(report)
+
+    _print_table(report)
+    if json_path:
+        with atomic_output(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(report.to_dict(), indent=2))
+        click.echo(f"wrote {json_path}")
+    if not report.passed:
+        for failure in report.failures:
+            click.echo(f"FAIL {failure}", err=True)
+        raise SystemExit(1)
+    click.echo("PASS: every criterion holds")
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def _print_table(report: v.Report) -> None:
+    click.echo(f"{'scene':<34} {'kind':<13} {'vs PyTorch dB':>13} {'SSIM':>7} {'truth dB art':>13} "
+               f"{'truth dB torch':>14} {'gap dB':>7} {'ms':>8}")
+    for r in report.scenes:
+        click.echo(f"{r.name[:34]:<34} {r.kind:<13} {_fmt(r.psnr_vs_torch, '13.2f')} {_fmt(r.ssim_vs_torch, '7.4f')} "
+                   f"{_fmt(r.psnr_truth_artifact, '13.3f')} {_fmt(r.psnr_truth_torch, '14.3f')} "
+                   f"{_fmt(r.psnr_gap, '+7.3f')} {_fmt(r.latency_ms, '8.1f')}")
+    if report.layers:
+        worst = min(report.layers, key=report.layers.get)
+        click.echo(f"per-layer agreement: {len(report.layers)} BiSR-Convs, worst {report.layers[worst]:.5%} ({worst})")
+    for note in report.skipped:
+        click.echo(f"skipped {note}")

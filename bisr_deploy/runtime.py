@@ -1,0 +1,180 @@
+"""Load and run a compiled artifact (written by ``bisr_deploy.compile.build``).
+
+``load(DIR)`` checks the artifact before it runs any of its code: manifest format and version, the size and
+sha256 of every file it lists (a tampered or truncated file is refused), and the CPU features the code was
+compiled for against this machine. It returns a ``CompiledModel``:
+
+    model(measurement [H, W+54], mask [H, W] | None) -> cube float32 [28, H, W]
+
+with the same interface as the exported ONNX graph (inputs ``measurement`` [1, H, W+54], ``mask`` [1, H, W]
+for simulation-mode models; output ``cube`` [1, 28, H, W]), and ``model.run_bisrconv(name, x)``, which runs
+one compiled BiSRConv kernel alone (per-layer parity checks). Every refusal is a ``BisrError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BisrError
+
+FORMAT_NAME = "bisr-deploy-artifact"
+FORMAT_VERSION = 1
+LIBRARY = "model.so"
+PARAMS = "params.npz"
+MANIFEST = "manifest.json"
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """The parsed, format-checked manifest of the artifact in ``directory``."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise BisrError(f"{directory}: not a directory (an artifact is a directory made by `bisr-deploy compile`)")
+    if not path.is_file():
+        raise BisrError(f"{directory}: no {MANIFEST}; not a bisr-deploy artifact")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BisrError(f"{path}: unreadable or corrupt manifest ({exc.__class__.__name__})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise BisrError(f"{path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BisrError(f"{path}: artifact format version {manifest.get('format_version')!r} is not supported "
+                        f"(expected {FORMAT_VERSION})")
+    for key in ("inputs", "output", "target", "files", "params", "mode"):
+        if key not in manifest:
+            raise BisrError(f"{path}: manifest lacks {key!r}")
+    return manifest
+
+
+def verify_files(directory: str | os.PathLike, manifest: dict) -> None:
+    """Every listed file exists with the recorded size and sha256. Raises ``BisrError``."""
+    from .checkpoint import file_sha256
+
+    directory = Path(directory)
+    for name in (LIBRARY, PARAMS):
+        if name not in manifest["files"]:
+            raise BisrError(f"{directory}: manifest does not list {name}")
+    for name, record in manifest["files"].items():
+        path = directory / name
+        if os.path.basename(name) != name or not path.is_file():
+            raise BisrError(f"{directory}: missing artifact file {name}")
+        size = path.stat().st_size
+        if size != record.get("bytes"):
+            raise BisrError(f"{path}: {size} bytes, the manifest says {record.get('bytes')} (truncated or replaced)")
+        if file_sha256(path) != record.get("sha256"):
+            raise BisrError(f"{path}: sha256 does not match the manifest (the file was modified)")
+
+
+class CompiledModel:
+    """A loaded artifact. ``model(measurement, mask=None)`` -> cube float32 [C, H, W]."""
+
+    def __init__(self, directory: Path, manifest: dict, library, params: list):
+        import tvm
+        from tvm import relax
+
+        self.directory = directory
+        self.manifest = manifest
+        self.mode = manifest["mode"]
+        self._library = library
+        self._vm = relax.VirtualMachine(library, tvm.cpu())
+        self._params = params
+        self._tvm = tvm
+        inputs = manifest["inputs"]
+        self.measurement_shape = tuple(inputs[0]["shape"][1:])
+        self.mask_shape = tuple(inputs[1]["shape"][1:]) if len(inputs) > 1 else None
+        self.output_shape = tuple(manifest["output"]["shape"][1:])
+
+    def _inputs(self, measurement, mask) -> list[np.ndarray]:
+        from .reconstruct import validate_inputs
+
+        if mask is not None and self.mask_shape is None:
+            raise BisrError("this is a real-mode artifact: it takes no mask")
+        measurement, mask = validate_inputs(measurement, mask, self.mode, n_bands=self.output_shape[0])
+        if measurement.shape != self.measurement_shape:
+            raise BisrError(f"this artifact was compiled for snapshots {self.measurement_shape[0]} x "
+                            f"{self.measurement_shape[1]}, got {measurement.shape[0]} x {measurement.shape[1]}")
+        arrays = [measurement[None]]
+        if self.mask_shape is not None:
+            arrays.append(mask[None])
+        return arrays
+
+    def run_raw(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Run the VM on already validated [1, ...] float32 input arrays; returns [1, C, H, W]."""
+        tensors = [self._tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+        return self._vm["main"](*tensors, *self._params).numpy()
+
+    def __call__(self, measurement: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        return self.run_raw(self._inputs(measurement, mask))[0].astype(np.float32, copy=False)
+
+    def bisrconv_layers(self) -> list[str]:
+        """Names (ONNX node = PyTorch module path) of the compiled BiSRConvs, in graph order."""
+        return [layer["name"] for layer in self.manifest["layers"] if layer["kind"] == "bisrconv"]
+
+    def run_bisrconv(self, name: str, x: np.ndarray) -> np.ndarray:
+        """Run the compiled kernel of BiSRConv ``name`` alone, with the artifact's own weights, on x float32
+        [1, C, H, W] (that layer's input shape) -> Y float32 [1, C, H, W] (docs/custom-ops.md semantics)."""
+        from .compile.bitserial import PARAM_NAMES
+
+        layer = next((entry for entry in self.manifest["layers"] if entry["kind"] == "bisrconv" and entry["name"] == name), None)
+        if layer is None:
+            raise BisrError(f"{self.directory}: no BiSRConv named {name!r}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if list(x.shape) != layer["shape"]:
+            raise BisrError(f"BiSRConv {name} takes input {layer['shape']}, got {list(x.shape)}")
+        index = {param: i for i, param in enumerate(self.manifest["params"])}
+        params = [self._params[index[f"{name}.{param}"]] for param in PARAM_NAMES]
+        out = self._tvm.runtime.empty(x.shape, "float32")
+        self._library.get_function(layer["function"], query_imports=True)(self._tvm.runtime.tensor(x), *params, out)
+        return out.numpy()
+
+
+def default_threads() -> None:
+    """Let TVM's thread pool use every core of this process (TVM's own default here is fewer). Takes effect
+    only before the pool starts, i.e. before the first compiled call of the process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("TVM_NUM_THREADS", str(cores))
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in TVM's CPU pool for this process (every loaded artifact). Raises ``BisrError`` if
+    the pool cannot grow to ``n`` (it is sized by TVM_NUM_THREADS when it starts)."""
+    import tvm
+
+    if n < 1:
+        raise BisrError(f"thread count must be positive, got {n}")
+    default_threads()
+    tvm.get_global_func("runtime.config_threadpool")(1, int(n))
+    got = int(tvm.get_global_func("runtime.NumThreads")())
+    if got != n:
+        raise BisrError(f"cannot run on {n} threads: TVM's thread pool has {got} (set TVM_NUM_THREADS)")
+
+
+def load(directory: str | os.PathLike) -> CompiledModel:
+    """Verify and load the artifact in ``directory`` (see module docstring). Raises ``BisrError``."""
+    from .compile.targets import check_runnable
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest)
+    default_threads()
+    target = manifest["target"]
+    check_runnable(target.get("required_cpu_features", []), f"{directory} (compiled for cpu {target.get('cpu')})")
+    if target.get("triple", "").split("-")[0] != os.uname().machine:
+        raise BisrError(f"{directory} was compiled for {target.get('triple')}, this machine is {os.uname().machine}")
+    import tvm
+
+    try:
+        with np.load(directory / PARAMS, allow_pickle=False) as npz:
+            params = [npz[f"p{i:04d}"] for i in range(len(manifest["params"]))]
+    except (OSError, KeyError, ValueError) as exc:
+        raise BisrError(f"{directory / PARAMS}: cannot read the parameters ({exc})") from exc
+    try:
+        library = tvm.runtime.load_module(str(directory / LIBRARY))
+    except Exception as exc:
+        raise BisrError(f"{directory / LIBRARY}: cannot load the compiled library ({str(exc).splitlines()[0]})") from exc
+    return CompiledModel(directory, manifest, library, [tvm.runtime.tensor(p) for p in params])

@@ -1,0 +1,216 @@
+"""Numerical parity of a compiled artifact with the PyTorch model, designed around BiSRNet's sign flips.
+
+A bit-exact or single tight end-to-end threshold cannot work: a pre-sign value within rounding of 0 flips
+under any change of summation order, and the flip propagates (1 vs 2 PyTorch threads agree only to ~49 dB).
+So the criteria are:
+
+1. **Per layer** (``layer_agreement``): every BiSR-Conv of the artifact is fed the *same* full-precision input
+   as the PyTorch layer (captured from a PyTorch run) and must reproduce its output: elements equal within
+   float rounding / all elements >= ``LAYER_MIN_AGREEMENT``. One flipped activation or weight bit changes the
+   integer accumulator by 2 and shows as a mismatch.
+2. **End to end against ground truth**: on scenes with ground truth, the artifact's PSNR may differ from the
+   PyTorch model's by at most ``MAX_MEAN_PSNR_GAP_DB`` on average and ``MAX_SCENE_PSNR_GAP_DB`` per scene.
+3. **End to end against PyTorch**: every output (scenes with ground truth and real snapshots) is finite and
+   within ``MIN_PSNR_VS_TORCH_DB`` of the PyTorch output.
+
+The PyTorch reference uses Sign(0) = -1 (``sign_zero="negative"``), the convention of the bit-packed
+operators (docs/custom-ops.md); the authors' ``torch.sign`` differs from it only at exact ties.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cassi import simulate_snapshot
+from .checkpoint import Checkpoint
+from .errors import BisrError
+from .fileio import ARRAY_SUFFIXES, load_array
+from .metrics import psnr, ssim
+from .reconstruct import reconstruct
+
+MAX_MEAN_PSNR_GAP_DB = 0.1
+MAX_SCENE_PSNR_GAP_DB = 0.3
+MIN_PSNR_VS_TORCH_DB = 30.0
+LAYER_MIN_AGREEMENT = 0.999
+LAYER_RTOL = 1e-4  # relative to the layer output's largest magnitude
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DEFAULT_SCENES = SHARED_DATA / "hsi-scenes"
+DEFAULT_REAL = SHARED_DATA / "tsa-cassi" / "real_measurements"
+STANDARD_MASK = SHARED_DATA / "tsa-cassi" / "mask_simulation_256.mat"
+CUBE_KEYS = ["img", "NRD", "Omsi", "msi"]
+
+
+@dataclass
+class Scene:
+    """One verification input. ``truth`` is None for real snapshots."""
+
+    name: str
+    measurement: np.ndarray  # [H, W + 54]
+    mask: np.ndarray | None  # [H, W] (simulation mode)
+    truth: np.ndarray | None  # [28, H, W] on [0, 1]
+
+
+@dataclass
+class SceneResult:
+    name: str
+    kind: str  # "synthetic" | "ground-truth" | "real"
+    finite: bool
+    psnr_vs_torch: float
+    ssim_vs_torch: float
+    psnr_truth_artifact: float | None = None
+    psnr_truth_torch: float | None = None
+    ssim_truth_artifact: float | None = None
+    ssim_truth_torch: float | None = None
+    latency_ms: float | None = None
+
+    @property
+    def psnr_gap(self) -> float | None:
+        if self.psnr_truth_artifact is None:
+            return None
+        return self.psnr_truth_artifact - self.psnr_truth_torch
+
+
+@dataclass
+class Report:
+    artifact: str
+    checkpoint: str
+    scenes: list[SceneResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    layers: dict[str, float] = field(default_factory=dict)  # layer name -> agreement fraction
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for scene, result in zip(out["scenes"], self.scenes):
+            scene["psnr_gap"] = result.psnr_gap
+        out["passed"] = self.passed
+        out["criteria"] = {
+            "max_mean_psnr_gap_db": MAX_MEAN_PSNR_GAP_DB, "max_scene_psnr_gap_db": MAX_SCENE_PSNR_GAP_DB,
+            "min_psnr_vs_torch_db": MIN_PSNR_VS_TORCH_DB, "layer_min_agreement": LAYER_MIN_AGREEMENT,
+            "layer_rtol": LAYER_RTOL, "torch_reference": "sign_zero=negative (Sign(0) = -1)",
+        }
+        return out
+
+
+def reference_checkpoint(ckpt: Checkpoint) -> Checkpoint:
+    """The checkpoint with the deploy path's sign convention, Sign(0) = -1."""
+    return Checkpoint(replace(ckpt.config, sign_zero="negative"), ckpt.state_dict, ckpt.training, ckpt.provenance)
+
+
+def _crop_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    if mask.shape[0] < height or mask.shape[1] < width:
+        raise BisrError(f"mask {mask.shape} is smaller than the artifact's scene size {height} x {width}")
+    return np.ascontiguousarray(mask[:height, :width], dtype=np.float32)
+
+
+def default_mask(height: int, width: int) -> np.ndarray:
+    """The standard TSA-Net mask's top-left crop when ../shared is present, else the project's generated mask."""
+    if STANDARD_MASK.exists() and height <= 256 and width <= 256:
+        return _crop_mask(load_array(STANDARD_MASK, "mask"), height, width)
+    from .train.synthetic import generated_mask
+
+    return generated_mask(height, width, 0)
+
+
+def ground_truth_scenes(folder: Path, height: int, width: int, mask: np.ndarray | None, skipped: list[str]) -> list[Scene]:
+    """Top-left height x width crops of every cube in ``folder`` (recursively); smaller cubes are skipped."""
+    from .train.config import DataConfig
+    from .train.datasets import load_cube
+
+    config = DataConfig(keys=CUBE_KEYS)
+    scenes = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in ARRAY_SUFFIXES and p.is_file()):
+        cube = load_cube(path, config)
+        if cube.shape[1] < height or cube.shape[2] < width:
+            skipped.append(f"{path.name}: {cube.shape[1]} x {cube.shape[2]} is smaller than {height} x {width}")
+            continue
+        truth = np.ascontiguousarray(cube[:, :height, :width])
+        scenes.append(Scene(path.stem, _snapshot(truth, mask), mask, truth))
+    return scenes
+
+
+def synthetic_scenes(count: int, height: int, width: int, mask: np.ndarray | None) -> list[Scene]:
+    """Held-out synthetic scenes (odd seeds; training uses even ones)."""
+    from .train.synthetic import synthetic_scene
+
+    scenes = []
+    for i in range(count):
+        truth = synthetic_scene(height, width, 2 * i + 1)
+        scenes.append(Scene(f"synthetic-{2 * i + 1}", _snapshot(truth, mask), mask, truth))
+    return scenes
+
+
+def real_snapshots(folder: Path, height: int, width: int, skipped: list[str]) -> list[Scene]:
+    """Top-left height x (width + 54) crops of the real snapshots in ``folder``."""
+    scenes = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in ARRAY_SUFFIXES):
+        y = load_array(path)
+        if y.ndim != 2 or y.shape[0] < height or y.shape[1] < width + 54:
+            skipped.append(f"{path.name}: snapshot {y.shape} is smaller than {height} x {width + 54}")
+            continue
+        scenes.append(Scene(path.stem, np.ascontiguousarray(y[:height, : width + 54], dtype=np.float32), None, None))
+    return scenes
+
+
+def _snapshot(truth: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Noise-free snapshot of ``truth``; real-mode models see an unmasked (all-ones aperture) scene."""
+    aperture = mask if mask is not None else np.ones(truth.shape[1:], np.float32)
+    return simulate_snapshot(torch.from_numpy(truth)[None], torch.from_numpy(aperture))[0].numpy()
+
+
+def compare_scene(scene: Scene, kind: str, artifact_out: np.ndarray, torch_out: np.ndarray, latency_ms: float | None) -> SceneResult:
+    finite = bool(np.all(np.isfinite(artifact_out)))
+    vs_torch = (psnr(artifact_out, torch_out), ssim(artifact_out, torch_out)) if finite else (float("nan"), float("nan"))
+    result = SceneResult(scene.name, kind, finite, *vs_torch, latency_ms=latency_ms)
+    if scene.truth is not None and finite:
+        result.psnr_truth_artifact = psnr(artifact_out, scene.truth)
+        result.psnr_truth_torch = psnr(torch_out, scene.truth)
+        result.ssim_truth_artifact = ssim(artifact_out, scene.truth)
+        result.ssim_truth_torch = ssim(torch_out, scene.truth)
+    return result
+
+
+def judge(report: Report) -> None:
+    """Fill ``report.failures`` from the criteria in this module's docstring."""
+    for r in report.scenes:
+        if not r.finite:
+            report.failures.append(f"{r.name}: output has NaN/Inf")
+            continue
+        if r.psnr_vs_torch < MIN_PSNR_VS_TORCH_DB:
+            report.failures.append(f"{r.name}: {r.psnr_vs_torch:.2f} dB against PyTorch < {MIN_PSNR_VS_TORCH_DB} dB")
+        if r.psnr_gap is not None and abs(r.psnr_gap) > MAX_SCENE_PSNR_GAP_DB:
+            report.failures.append(f"{r.name}: PSNR vs truth differs from PyTorch's by {r.psnr_gap:+.3f} dB "
+                                   f"(limit ±{MAX_SCENE_PSNR_GAP_DB})")
+    gaps = [r.psnr_gap for r in report.scenes if r.psnr_gap is not None]
+    if gaps and abs(float(np.mean(gaps))) > MAX_MEAN_PSNR_GAP_DB:
+        report.failures.append(f"mean PSNR gap to PyTorch {np.mean(gaps):+.3f} dB exceeds ±{MAX_MEAN_PSNR_GAP_DB} dB")
+    for name, agreement in report.layers.items():
+        if agreement < LAYER_MIN_AGREEMENT:
+            report.failures.append(f"layer {name}: {agreement:.4%} of outputs agree (< {LAYER_MIN_AGREEMENT:.1%})")
+    if not report.scenes:
+        report.failures.append("no scene was verified")
+
+
+def torch_outputs(ckpt: Checkpoint, scenes: list[Scene]) -> list[np.ndarray]:
+    model = reference_checkpoint(ckpt).build_model()
+    return [reconstruct(model, s.measurement, s.mask) for s in scenes]
+
+
+def timed_outputs(run, scenes: list[Scene]) -> tuple[list[np.ndarray], list[float]]:
+    """Run an in-process artifact on every scene; latency in ms per call."""
+    outputs, latencies = [], []
+    for s in scenes:
+        start = time.perf_counter()
+        outputs.append(run(s.measurement, s.mask))
+        latencies.append((time.perf_counter() - start) * 1e3)
+    return outputs, latencies

@@ -1,0 +1,284 @@
+"""The TVM compile path: bitserial BiSRConv kernels, the float conv kernel, ONNX import, the built library."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+from bisr_deploy.compile.bitserial import BiSRConvSpec, bisrconv_primfunc, prepare_weights
+from bisr_deploy.compile.floatconv import Conv2dSpec, conv2d_primfunc
+from bisr_deploy.compile.onnx_import import kernel_params, split_custom_ops
+from bisr_deploy.compile.targets import resolve_target
+from bisr_deploy.errors import BisrError
+from bisr_deploy.export.bisr_op import INPUTS, bisr_conv_initializers
+from bisr_deploy.model import BiSRConv
+
+tvm = pytest.importorskip("tvm")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SIM_PTH = SHARED / "data" / "bisci-official" / "simulation" / "bisrnet.pth"
+TARGET = resolve_target("x86", "native")
+
+
+def reference_bisrconv(x, k, b, signs, scale, bias_in, slope, bias_out, pads, group):
+    """docs/custom-ops.md in numpy: x [N,C,H,W] float32, signs ±1 [C,Cg,KH,KW]; float32 steps in order."""
+    n, c, h, w = x.shape
+    cg = c // group
+    kh, kw = signs.shape[2:]
+    a = np.where(k[None, :, None, None] * x + b[None, :, None, None] > 0, 1, -1).astype(np.int64)
+    top, left, bottom, right = pads
+    ap = np.pad(a, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    acc = np.zeros((n, c, h, w), np.int64)
+    for o in range(c):
+        g = o // cg
+        for i in range(cg):
+            for u in range(kh):
+                for v in range(kw):
+                    acc[:, o] += ap[:, g * cg + i, u:u + h, v:v + w] * int(signs[o, i, u, v])
+    per = lambda p: p[None, :, None, None]  # noqa: E731
+    t = per(scale) * acc.astype(np.float32) + per(bias_in)
+    r = np.where(t > 0, t, per(slope) * t) + per(bias_out)
+    return x + r
+
+
+def run_kernel(spec, inputs: dict, x: np.ndarray, target=TARGET, library: Path | None = None) -> np.ndarray:
+    node_like = type("Node", (), {"spec": spec, "inputs": inputs})
+    params = kernel_params(node_like)
+    lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, target.lanes)}), target=target.tvm_target)
+    if library is not None:
+        lib.export_library(str(library))
+    out = tvm.runtime.empty(x.shape, "float32")
+    lib["bisrconv"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in params.values()], out)
+    return out.numpy()
+
+
+def random_case(rng, c, h, w, ks, group):
+    cg = c // group
+    signs = np.where(rng.standard_normal((c, cg, ks, ks)) > 0, 1.0, -1.0).astype(np.float32)
+    inputs = {
+        "redist_scale": rng.standard_normal(c).astype(np.float32),
+        "redist_bias": (0.3 * rng.standard_normal(c)).astype(np.float32),
+        "weight_bits": np.packbits((signs > 0).reshape(c, -1), axis=1, bitorder="little"),
+        "weight_scale": rng.random(c).astype(np.float32),
+        "rprelu_bias_in": rng.standard_normal(c).astype(np.float32),
+        "rprelu_slope": rng.random(c).astype(np.float32),
+        "rprelu_bias_out": rng.standard_normal(c).astype(np.float32),
+    }
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    return signs, inputs, x
+
+
+@pytest.mark.parametrize("c,h,w,ks,group", [
+    (28, 16, 32, 3, 1),    # BiSRNet 3x3, one word, 4 x 16 lanes
+    (56, 8, 16, 1, 1),     # 1x1 over two words
+    (112, 8, 16, 3, 28),   # the grouped 3x3: 4 channels per group, 28 groups
+    (40, 6, 12, 3, 4),     # groups of 10 straddle the 32-bit word boundary; width 12 -> 4 lanes
+    (28, 1, 8, 3, 1),      # one row: first and last row at once
+])
+def test_bisrconv_kernel_bit_exact(c, h, w, ks, group):
+    rng = np.random.default_rng(c * 1000 + h)
+    signs, inputs, x = random_case(rng, c, h, w, ks, group)
+    x[0, 0, 0, :4] = -inputs["redist_bias"][0] / inputs["redist_scale"][0]  # k·x + b at or next to 0
+    p = (ks - 1) // 2
+    spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p, p, p, p), group)
+    got = run_kernel(spec, inputs, x)
+    want = reference_bisrconv(x, inputs["redist_scale"], inputs["redist_bias"], signs, inputs["weight_scale"],
+                              inputs["rprelu_bias_in"], inputs["rprelu_slope"], inputs["rprelu_bias_out"], (p,) * 4, group)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("c,ks,group", [(28, 3, 1), (112, 3, 28), (56, 1, 1)])
+def test_bisrconv_kernel_matches_pytorch_module(c, ks, group):
+    torch.manual_seed(c + ks)
+    module = BiSRConv(c, ks, padding=(ks - 1) // 2, groups=group, sign_zero="negative").eval()
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn_like(param) * 0.5)
+    inputs = {name: numpy_helper.to_array(t) for name, t in zip(INPUTS[1:], bisr_conv_initializers(module, "m"))}
+    x = torch.randn(1, c, 16, 16)
+    with torch.no_grad():
+        want = module(x).numpy()
+        bits_torch = (module.binarized_input(x) > 0).numpy()
+    spec = BiSRConvSpec(1, c, 16, 16, (ks, ks), ((ks - 1) // 2,) * 4, group)
+    got = run_kernel(spec, inputs, x.numpy())
+    # PyTorch folds the scale into the weights and sums in another order: equal up to float rounding.
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    xr = inputs["redist_scale"][None, :, None, None] * x.numpy() + inputs["redist_bias"][None, :, None, None]
+    assert np.array_equal(xr > 0, bits_torch)
+
+
+def _disassemble(path: Path) -> str:
+    return subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(path)], check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="binutils objdump not installed")
+@pytest.mark.parametrize("cpu,popcount", [("znver4", r"vpopcntd\s+%zmm"), ("skylake-avx512", None), ("haswell", None)])
+def test_cpu_choice_picks_instruction_set(cpu, popcount, tmp_path):
+    from bisr_deploy.compile.targets import host_cpu_flags
+
+    target = resolve_target("x86", cpu)
+    missing = set(target.required_features) - host_cpu_flags()
+    rng = np.random.default_rng(7)
+    signs, inputs, x = random_case(rng, 28, 4, 32, 3, 1)
+    spec = BiSRConvSpec(1, 28, 4, 32, (3, 3), (1, 1, 1, 1), 1)
+    library = tmp_path / "k.so"
+    if missing:  # compile only: this machine cannot run the code
+        node_like = type("Node", (), {"spec": spec, "inputs": inputs})
+        kernel_params(node_like)
+        tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, target.lanes)}),
+                    target=target.tvm_target).export_library(str(library))
+    else:
+        got = run_kernel(spec, inputs, x, target, library)
+        want = reference_bisrconv(x, inputs["redist_scale"], inputs["redist_bias"], signs, inputs["weight_scale"],
+                                  inputs["rprelu_bias_in"], inputs["rprelu_slope"], inputs["rprelu_bias_out"], (1,) * 4, 1)
+        np.testing.assert_array_equal(got, want)
+    asm = _disassemble(library)
+    if popcount:
+        assert re.search(popcount, asm)
+    else:  # no vector popcount instruction in the set: LLVM expands it (byte lookups with vpshufb)
+        assert not re.search(r"vpopcnt[dq]", asm) and "vpshufb" in asm
+    if target.lanes == 8:
+        assert "%zmm" not in asm
+
+
+def test_prepare_weights_border_table():
+    # One output channel, 3x3, Cg = 1, all weights +1: interior acc range 9, a corner sees 4 valid taps.
+    spec = BiSRConvSpec(1, 1, 4, 4, (3, 3), (1, 1, 1, 1), 1)
+    prepared = prepare_weights(spec, np.packbits(np.ones((1, 9), np.uint8), axis=1, bitorder="little"))
+    table = prepared["table"][0]
+    assert table[0, 0] == 9                      # interior: n_valid = 9, no invalid taps
+    assert table[1, 1] == 4 + 2 * 5              # top-left corner: 4 valid, 5 padded taps of popcount 1
+    assert table[2, 0] == 6 + 2 * 3              # last row
+    assert prepared["wwords"].dtype == np.uint32 and prepared["wwords"][0, 0].tolist() == [[1, 1, 1]] * 3
+
+
+def test_spec_and_weight_errors():
+    with pytest.raises(BisrError, match="pads"):
+        BiSRConvSpec(1, 28, 8, 8, (3, 3), (0, 0, 0, 0), 1)
+    with pytest.raises(BisrError, match="divisible"):
+        BiSRConvSpec(1, 30, 8, 8, (1, 1), (0, 0, 0, 0), 4)
+    spec = BiSRConvSpec(1, 28, 8, 8, (3, 3), (1, 1, 1, 1), 1)
+    with pytest.raises(BisrError, match="weight_bits"):
+        prepare_weights(spec, np.zeros((28, 3), np.uint8))
+
+
+def test_float_conv_kernel_matches_torch():
+    rng = np.random.default_rng(3)
+    for ci, co, ks in [(28, 28, 3), (56, 28, 1)]:
+        p = (ks - 1) // 2
+        spec = Conv2dSpec(1, ci, co, 12, 32, (ks, ks), (p, p, p, p))
+        lib = tvm.compile(tvm.IRModule({"conv2d": conv2d_primfunc(spec, TARGET.lanes)}), target=TARGET.tvm_target)
+        x = rng.standard_normal((1, ci, 12, 32)).astype(np.float32)
+        wt = rng.standard_normal((co, ci, ks, ks)).astype(np.float32)
+        out = tvm.runtime.empty((1, co, 12, 32), "float32")
+        lib["conv2d"](tvm.runtime.tensor(x), tvm.runtime.tensor(wt), out)
+        want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt), padding=p).numpy()
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def _one_node_model(c=28, h=8, w=16, op_type="BiSRConv", domain="ai.bisr") -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    _, inputs, _ = random_case(rng, c, h, w, 3, 1)
+    inits = [numpy_helper.from_array(v, f"n.{k}") for k, v in inputs.items()]
+    node = helper.make_node(op_type, ["X"] + [f"n.{k}" for k in INPUTS[1:]], ["Y"], name="n", domain=domain,
+                            kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, c, h, w])],
+                              [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [1, c, h, w])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ai.bisr", 1)])
+
+
+def test_split_custom_ops_hand_built_model():
+    stripped, nodes = split_custom_ops(_one_node_model())
+    assert [n.op_type for n in stripped.graph.node] == ["Atan"]
+    assert len(stripped.graph.initializer) == 0 and not stripped.functions
+    assert nodes[0].spec == BiSRConvSpec(1, 28, 8, 16, (3, 3), (1, 1, 1, 1), 1)
+    with pytest.raises(BisrError, match="unsupported custom operators: ai.bisr::Other"):
+        split_custom_ops(_one_node_model(op_type="Other"))
+
+
+def test_hand_built_model_compiles_and_matches_reference():
+    from bisr_deploy.compile.build import compile_module
+
+    model = _one_node_model()
+    _, executable = compile_module(model, TARGET)
+    vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
+    _, nodes = split_custom_ops(model)
+    x = np.random.default_rng(5).standard_normal((1, 28, 8, 16)).astype(np.float32)
+    params = [tvm.runtime.tensor(p) for p in kernel_params(nodes[0]).values()]
+    got = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+    inp = nodes[0].inputs
+    signs = np.where(np.unpackbits(inp["weight_bits"], axis=1, bitorder="little")[:, :252].reshape(28, 28, 3, 3), 1, -1)
+    want = reference_bisrconv(x, inp["redist_scale"], inp["redist_bias"], signs, inp["weight_scale"],
+                              inp["rprelu_bias_in"], inp["rprelu_slope"], inp["rprelu_bias_out"], (1,) * 4, 1)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def artifact64(tmp_path_factory):
+    if not SIM_PTH.is_file():
+        pytest.skip("reference checkpoint not available")
+    from bisr_deploy.compile.build import build_artifact
+    from bisr_deploy.export import export_onnx
+
+    out = tmp_path_factory.mktemp("compile") / "sim64"
+    model = export_onnx(str(SIM_PTH), 64, 64)
+    build_artifact(model, out, TARGET)
+    return out, model
+
+
+def test_compiled_network_matches_onnxruntime(artifact64):
+    import onnxruntime as ort
+
+    from bisr_deploy.runtime import load
+
+    out, model = artifact64
+    rng = np.random.default_rng(11)
+    measurement = (rng.random((64, 118)) * 2).astype(np.float32)
+    mask = rng.random((64, 64)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    want = session.run(None, {"measurement": measurement[None], "mask": mask[None]})[0][0]
+    got = load(out)(measurement, mask)
+    assert got.shape == (28, 64, 64)
+    # Same graph, same sign convention; only the float convolutions sum in another order. That can flip a
+    # sign somewhere (shared/data/README.md), which changes a few nearby outputs slightly; a wrong kernel
+    # would change almost all of them.
+    diff = np.abs(got - want)
+    assert np.median(diff) < 1e-6 and np.mean(diff > 1e-4) < 0.01 and diff.max() < 0.05
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="binutils objdump not installed")
+def test_library_uses_vector_popcount_in_binary_kernels(artifact64):
+    if not TARGET.has_vector_popcount:
+        pytest.skip("this CPU has no AVX-512 VPOPCNTDQ")
+    out, _ = artifact64
+    asm = _disassemble(out / "model.so")
+    functions = re.split(r"\n(?=[0-9a-f]+ <)", asm)
+    kernels = {f.split("<", 1)[1].split(">", 1)[0]: f for f in functions if re.match(r"[0-9a-f]+ <bisrconv_", f)}
+    assert len(kernels) >= 10  # every distinct BiSRConv shape of the 64x64 network
+    for name, body in kernels.items():
+        if name.endswith("_compute_"):  # the parallel loop body holds the popcount loop
+            assert re.search(r"vpopcnt[dq]\s+%[zy]mm", body), name
+    assert any(name.endswith("_compute_") for name in kernels)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 6), (1, 8, 16, 32)])
+def test_upsample2x_matches_torch_bilinear(shape):
+    from bisr_deploy.compile.upsample import upsample2x_primfunc
+
+    lib = tvm.compile(tvm.IRModule({"upsample2x": upsample2x_primfunc(shape, TARGET.lanes)}), target=TARGET.tvm_target)
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    out = tvm.runtime.empty((shape[0], shape[1], 2 * shape[2], shape[3], 2), "float32")
+    lib["upsample2x"](tvm.runtime.tensor(x), out)
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=2, mode="bilinear").numpy()
+    np.testing.assert_allclose(out.numpy().reshape(want.shape), want, rtol=1e-6, atol=1e-6)
