@@ -12,7 +12,6 @@ simulation model uses ``fution``; the caller can override it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -24,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import BisrError
-from .fileio import atomic_output
+from .fileio import atomic_output, file_sha256
 from .model import BiSRNet, BiSRNetConfig
 from .safe_pickle import read_tensors
 
@@ -63,14 +62,6 @@ class Checkpoint:
             raise BisrError(f"checkpoint does not fit the BiSRNet architecture in its config: tensors {'; '.join(parts)}")
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> None:

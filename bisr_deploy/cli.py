@@ -32,20 +32,13 @@ def main():
 
 
 def _register():
-    from .commands import info, reconstruct
-    from .commands import export
-    from .commands import evaluate, train
-    from .commands import compile as compile_cmd, run
-    from .commands import bench
+    from .commands import bench, evaluate, export, info, reconstruct, run, train, verify
+    from .commands import compile as compile_cmd
 
-    main.add_command(reconstruct.reconstruct_command)
-    main.add_command(info.info_command)
-    main.add_command(export.export_command)
-    main.add_command(train.train_command)
-    main.add_command(evaluate.evaluate_command)
-    main.add_command(compile_cmd.compile_command)
-    main.add_command(run.run_command)
-    main.add_command(bench.bench_command)
+    for command in (reconstruct.reconstruct_command, info.info_command, train.train_command,
+                    evaluate.evaluate_command, export.export_command, compile_cmd.compile_command,
+                    run.run_command, verify.verify_command, bench.bench_command):
+        main.add_command(command)
 
 
 _register()

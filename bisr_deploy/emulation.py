@@ -125,18 +125,17 @@ def load_env(root: str | os.PathLike | None = None) -> ArmEnv:
     return ArmEnv(root=root, versions=versions)
 
 
-# Runs in the guest: bisr_deploy.runtime.load and CompiledModel.run_raw, on aarch64, for every input set
-# WORKDIR/in<k>_<i>.npy -> WORKDIR/out<k>.npy. The host has already checked the files' sha256
-# (runtime.verify_files imports torch through checkpoint.file_sha256, and the guest has no torch); every other
-# check of load() (format, CPU features, triple) runs here.
+# Runs in the guest: bisr_deploy.runtime.load (every check: files' sha256, format, CPU features, triple), then
+# CompiledModel.run_raw for every input set WORKDIR/in<k>_<i>.npy -> WORKDIR/out<k>.npy, and
+# CompiledModel.run_bisrconv for every layer job WORKDIR/layer<j>.npy (names in WORKDIR/layers.json)
+# -> WORKDIR/layer_out<j>.npy.
 _GUEST_REFUSED = 3  # exit status of the guest for a BisrError; its stderr is then the message
 _GUEST_RUN = f"""
-import sys
+import json, sys
 import numpy as np
 import bisr_deploy.runtime as runtime
 from bisr_deploy.errors import BisrError
 directory, work, count, n_inputs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-runtime.verify_files = lambda directory, manifest: None
 try:
     model = runtime.load(directory)
 except BisrError as exc:
@@ -145,6 +144,8 @@ except BisrError as exc:
 for k in range(count):
     arrays = [np.load(f"{{work}}/in{{k}}_{{i}}.npy") for i in range(n_inputs)]
     np.save(f"{{work}}/out{{k}}.npy", model.run_raw(arrays))
+for j, name in enumerate(json.load(open(f"{{work}}/layers.json"))):
+    np.save(f"{{work}}/layer_out{{j}}.npy", model.run_bisrconv(name, np.load(f"{{work}}/layer{{j}}.npy")))
 """
 
 
@@ -154,21 +155,23 @@ def is_foreign(manifest: dict) -> bool:
     return arch == "aarch64" and platform.machine() not in ("aarch64", "arm64")
 
 
-def run_artifact_many(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np.ndarray | None]], *,
-                      env: ArmEnv | None = None, timeout: float | None = 3600) -> list[np.ndarray]:
-    """``[runtime.load(directory)(measurement, mask) for measurement, mask in inputs]`` for an aarch64 artifact,
-    in one emulated process (TVM's import under qemu, ~6 s, is paid once).
+def run_emulated(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np.ndarray | None]],
+                 layer_inputs: dict[str, np.ndarray] | None = None, *, env: ArmEnv | None = None,
+                 timeout: float | None = 3600) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Run an aarch64 artifact in one emulated process (TVM's import under qemu is paid once).
 
-    Same contract as ``CompiledModel.__call__``: measurement [H, W+54], mask [H, W] or None -> cube float32
-    [28, H, W]. Inputs are validated and the artifact's files verified on the host; the Python loader and the
-    compiled code run in the emulation environment (``env``, default ``load_env()``). Raises ``BisrError``.
+    ``inputs``: (measurement [H, W+54], mask [H, W] | None) pairs -> cubes float32 [28, H, W], as
+    ``CompiledModel.__call__``; ``layer_inputs``: {BiSRConv name: X [1, C, H, W]} -> {name: Y [1, C, H, W]}, as
+    ``CompiledModel.run_bisrconv``. Inputs are validated on the host; the Python loader (all of its checks) and
+    the compiled code run in the emulation environment (``env``, default ``load_env()``). Raises ``BisrError``.
     """
+    import json
+
     from . import runtime
 
     directory = Path(directory).resolve()
     manifest = runtime.read_manifest(directory)
-    runtime.verify_files(directory, manifest)
-    shapes = runtime.CompiledModel(directory, manifest, None, [])  # its input validation only; no code loaded
+    layer_inputs = layer_inputs or {}
     env = env or load_env()
     with tempfile.TemporaryDirectory(prefix="bisr-emulated-") as tmp:
         tmp = Path(tmp)
@@ -177,8 +180,12 @@ def run_artifact_many(directory: str | os.PathLike, inputs: list[tuple[np.ndarra
         (tmp / "path" / "bisr_deploy").symlink_to(Path(__file__).resolve().parent)
         n_inputs = len(manifest["inputs"])
         for k, (measurement, mask) in enumerate(inputs):
-            for i, array in enumerate(shapes._inputs(measurement, mask)):
+            for i, array in enumerate(runtime.artifact_inputs(manifest, measurement, mask)):
                 np.save(tmp / f"in{k}_{i}.npy", array)
+        names = list(layer_inputs)
+        (tmp / "layers.json").write_text(json.dumps(names))
+        for j, name in enumerate(names):
+            np.save(tmp / f"layer{j}.npy", np.ascontiguousarray(layer_inputs[name], dtype=np.float32))
         proc = env.run_python(code=_GUEST_RUN, args=[directory, tmp, len(inputs), n_inputs],
                               pythonpath=[tmp / "path"], timeout=timeout, check=False)
         if proc.returncode == _GUEST_REFUSED:
@@ -186,7 +193,15 @@ def run_artifact_many(directory: str | os.PathLike, inputs: list[tuple[np.ndarra
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
             raise BisrError(f"the emulated run of {directory} failed (status {proc.returncode}):\n{tail}")
-        return [np.load(tmp / f"out{k}.npy")[0].astype(np.float32, copy=False) for k in range(len(inputs))]
+        outputs = [np.load(tmp / f"out{k}.npy")[0].astype(np.float32, copy=False) for k in range(len(inputs))]
+        return outputs, {name: np.load(tmp / f"layer_out{j}.npy") for j, name in enumerate(names)}
+
+
+def run_artifact_many(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np.ndarray | None]], *,
+                      env: ArmEnv | None = None, timeout: float | None = 3600) -> list[np.ndarray]:
+    """``[runtime.load(directory)(measurement, mask) for measurement, mask in inputs]`` for an aarch64 artifact,
+    under qemu in one process (``run_emulated``)."""
+    return run_emulated(directory, inputs, env=env, timeout=timeout)[0]
 
 
 def run_artifact(directory: str | os.PathLike, measurement: np.ndarray, mask: np.ndarray | None = None, *,

@@ -53,7 +53,7 @@ def read_manifest(directory: str | os.PathLike) -> dict:
 
 def verify_files(directory: str | os.PathLike, manifest: dict) -> None:
     """Every listed file exists with the recorded size and sha256. Raises ``BisrError``."""
-    from .checkpoint import file_sha256
+    from .fileio import file_sha256
 
     directory = Path(directory)
     for name in (LIBRARY, PARAMS):
@@ -68,6 +68,22 @@ def verify_files(directory: str | os.PathLike, manifest: dict) -> None:
             raise BisrError(f"{path}: {size} bytes, the manifest says {record.get('bytes')} (truncated or replaced)")
         if file_sha256(path) != record.get("sha256"):
             raise BisrError(f"{path}: sha256 does not match the manifest (the file was modified)")
+
+
+def artifact_inputs(manifest: dict, measurement, mask) -> list[np.ndarray]:
+    """Validate a measurement (and mask) against the artifact's interface; return its [1, ...] float32 inputs."""
+    from .reconstruct import validate_inputs
+
+    inputs = manifest["inputs"]
+    measurement_shape = tuple(inputs[0]["shape"][1:])
+    has_mask = len(inputs) > 1
+    if mask is not None and not has_mask:
+        raise BisrError("this is a real-mode artifact: it takes no mask")
+    measurement, mask = validate_inputs(measurement, mask, manifest["mode"], n_bands=manifest["output"]["shape"][1])
+    if measurement.shape != measurement_shape:
+        raise BisrError(f"this artifact was compiled for snapshots {measurement_shape[0]} x "
+                        f"{measurement_shape[1]}, got {measurement.shape[0]} x {measurement.shape[1]}")
+    return [measurement[None], mask[None]] if has_mask else [measurement[None]]
 
 
 class CompiledModel:
@@ -90,18 +106,7 @@ class CompiledModel:
         self.output_shape = tuple(manifest["output"]["shape"][1:])
 
     def _inputs(self, measurement, mask) -> list[np.ndarray]:
-        from .reconstruct import validate_inputs
-
-        if mask is not None and self.mask_shape is None:
-            raise BisrError("this is a real-mode artifact: it takes no mask")
-        measurement, mask = validate_inputs(measurement, mask, self.mode, n_bands=self.output_shape[0])
-        if measurement.shape != self.measurement_shape:
-            raise BisrError(f"this artifact was compiled for snapshots {self.measurement_shape[0]} x "
-                            f"{self.measurement_shape[1]}, got {measurement.shape[0]} x {measurement.shape[1]}")
-        arrays = [measurement[None]]
-        if self.mask_shape is not None:
-            arrays.append(mask[None])
-        return arrays
+        return artifact_inputs(self.manifest, measurement, mask)
 
     def run_raw(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Run the VM on already validated [1, ...] float32 input arrays; returns [1, C, H, W]."""

@@ -214,3 +214,48 @@ def timed_outputs(run, scenes: list[Scene]) -> tuple[list[np.ndarray], list[floa
         outputs.append(run(s.measurement, s.mask))
         latencies.append((time.perf_counter() - start) * 1e3)
     return outputs, latencies
+
+
+def torch_layer_io(ckpt: Checkpoint, scene: Scene) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{BiSR-Conv name: (input X, output Y)} of the reference PyTorch model, [1, C, H, W] float32 each."""
+    from .frontend import SnapshotFrontend
+
+    model = reference_checkpoint(ckpt).build_model()
+    captured = {}
+    hooks = [conv.register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, (i[0].numpy().copy(), o.numpy().copy())))
+             for name, conv in model.bisr_convs().items()]
+    try:
+        frontend = SnapshotFrontend(model.mode, model.n_bands)
+        mask = torch.from_numpy(scene.mask)[None] if scene.mask is not None else None
+        with torch.no_grad():
+            model(*frontend(torch.from_numpy(scene.measurement)[None], mask))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def agreement(out: np.ndarray, ref: np.ndarray) -> float:
+    """Fraction of elements of ``out`` equal to ``ref`` within ``LAYER_RTOL`` of ref's largest magnitude."""
+    tol = LAYER_RTOL * max(float(np.abs(ref).max()), 1.0)
+    return float(np.mean(np.abs(out - ref) <= tol))
+
+
+def layer_agreement(artifact, manifest: dict, ckpt: Checkpoint, scene: Scene | None) -> dict[str, float]:
+    """Run every BiSR-Conv of the artifact on PyTorch's input for that layer (captured on ``scene``)."""
+    from . import emulation, runtime
+
+    if scene is None:
+        return {}
+    io = torch_layer_io(ckpt, scene)
+    names = [layer["name"] for layer in manifest.get("layers", []) if layer.get("kind") == "bisrconv"]
+    missing = sorted(set(io) - set(names))
+    if missing:
+        raise BisrError(f"the artifact has no BiSR-Conv named {missing[0]} (and {len(missing) - 1} more): "
+                        "was it compiled from this checkpoint?")
+    if emulation.is_foreign(manifest):
+        _, outputs = emulation.run_emulated(artifact, [], {name: x for name, (x, _) in io.items()})
+    else:
+        model = runtime.load(artifact)
+        outputs = {name: model.run_bisrconv(name, x) for name, (x, _) in io.items()}
+    return {name: agreement(outputs[name], y) for name, (_, y) in io.items()}

@@ -19,27 +19,11 @@ import pytest
 from bisr_deploy import cross, emulation
 from bisr_deploy.errors import BisrError
 
-from .conftest import REPO, SIM_PTH
+from .conftest import ARTIFACT_SIZE as SIZE
+from .conftest import REPO, SIM_PTH, arm_env_tool
 
 NATIVE_DIR = REPO / "targets" / "native"
 ARM_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
-HOST_TOOLS = ("qemu-aarch64", "aarch64-linux-gnu-g++", "aarch64-linux-gnu-objdump")
-
-
-def _arm_env_tool():
-    spec = importlib.util.spec_from_file_location("arm_env_tool", REPO / "tools" / "arm_env.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def arm_env():
-    missing = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"no aarch64 toolchain on this host ({', '.join(missing)} missing; .ci/setup-arm.sh installs it)")
-    env, _ = _arm_env_tool().build(emulation.default_env_dir())
-    return env
 
 
 def _host_site() -> str:
@@ -153,7 +137,7 @@ def test_guest_python_is_aarch64_and_isolated_from_host(arm_env):
 
 
 def test_arm_env_build_is_idempotent(arm_env):
-    env, built = _arm_env_tool().build(arm_env.root)
+    env, built = arm_env_tool().build(arm_env.root)
     assert not built and env.versions == arm_env.versions
     assert env.versions["apache-tvm"] == __import__("tvm").__version__
 
@@ -193,33 +177,6 @@ def test_missing_cross_tool_names_its_debian_package(monkeypatch):
 
 
 # ---- the real network: `compile --target arm`, NEON code, emulated and native runs ----
-
-SIZE = 64  # scene H = W; the snapshot is SIZE x (SIZE + 54)
-
-
-@pytest.fixture(scope="session")
-def arm_artifact(arm_env, tmp_path_factory):
-    """The simulation checkpoint compiled for aarch64 at 64 x 64 through the CLI."""
-    out = tmp_path_factory.mktemp("arm-artifact") / "arm"
-    proc = subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "compile", "--checkpoint", SIM_PTH, "--height",
-                           str(SIZE), "--width", str(SIZE), "--target", "arm", "--output", out],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "target aarch64-linux-gnu cpu generic" in proc.stdout
-    return out
-
-
-@pytest.fixture(scope="session")
-def x86_artifact(tmp_path_factory):
-    """The same network for x86 with AVX2 (haswell): code that any CI machine of this kind runs."""
-    from bisr_deploy.compile.build import build_artifact
-    from bisr_deploy.compile.targets import resolve_target
-    from bisr_deploy.export import export_onnx
-
-    out = tmp_path_factory.mktemp("x86-artifact") / "x86"
-    build_artifact(export_onnx(SIM_PTH, SIZE, SIZE), out, resolve_target("x86", "haswell"))
-    return out
-
 
 @pytest.fixture(scope="session")
 def scene(kaist, tmp_path_factory):

@@ -55,7 +55,7 @@ def scene64():
 
 
 def test_manifest_contents(built):
-    from bisr_deploy.checkpoint import file_sha256
+    from bisr_deploy.fileio import file_sha256
 
     manifest = json.loads((built / "manifest.json").read_text())
     assert manifest["format"] == "bisr-deploy-artifact" and manifest["mode"] == "sim"
@@ -210,7 +210,7 @@ def test_compile_real_mode_onnx_file(tmp_path):
     """The MODEL.onnx path of `compile`, on a real-mode export: one input, no mask, output clamped to [0, 1]."""
     import onnxruntime as ort
 
-    from bisr_deploy.checkpoint import file_sha256
+    from bisr_deploy.fileio import file_sha256
     from bisr_deploy.export import export_onnx, save_onnx
     from bisr_deploy.runtime import load
 

@@ -46,7 +46,7 @@ def test_config_rejects_unknown_keys_and_impossible_values(tmp_path):
         load_config(bad)
     for override, message in [("data.patch_size=30", "multiple of 8"), ("train.epochs=0", "epochs must be positive"),
                               ("train.lr=-1", "lr"), ("data.synthetic_fraction=1.5", r"\[0, 1\]"),
-                              ("train.batch_size=\"four\"", "expected a int"), ("model.sign_approx=\"ste\"", "sign approximation"),
+                              ("train.batch_size=\"four\"", "expected int"), ("model.sign_approx=\"ste\"", "sign approximation"),
                               ("model.n_feat=32", "in_channels == out_channels == n_feat"), ("epochs=3", "section.key=value")]:
         with pytest.raises(BisrError, match=message):
             load_config(None, [override])
@@ -86,6 +86,9 @@ def test_wrong_band_count_and_foreign_architecture_fail_before_training(tmp_path
         Trainer(load_config(None, tiny(tmp_path, "model.stage=2")), resume=True)
     with pytest.raises(BisrError, match="already holds a run"):
         Trainer(load_config(None, tiny(tmp_path)))
+    with pytest.raises(BisrError, match="other settings for data.patch_size, train.lr; resume with the same"):
+        Trainer(load_config(None, tiny(tmp_path, "train.epochs=1", "data.samples_per_epoch=2", "data.patch_size=40",
+                                   "train.lr=0.1")), resume=True)
     # A damaged training state (not even a torch file).
     (tmp_path / "run" / "train_state.pt").write_bytes(b"garbage")
     with pytest.raises(BisrError, match="train_state.pt: not a usable training state"):

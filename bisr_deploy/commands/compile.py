@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ..checkpoint import file_sha256
+from ..fileio import file_sha256
 from ..compile.targets import ARM_ARCHES, ARM_CPUS, X86_CPUS
 from ..errors import BisrError
 

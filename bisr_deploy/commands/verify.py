@@ -10,7 +10,7 @@ import click
 from .. import verify as v
 from ..checkpoint import load_checkpoint
 from ..errors import BisrError
-from ..fileio import atomic_output, load_array
+from ..fileio import atomic_output, file_sha256, load_array
 
 
 @click.command("verify")
@@ -37,6 +37,7 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
 
     manifest = runtime.read_manifest(artifact)
     ckpt = load_checkpoint(checkpoint_path)
+    _check_source(manifest, checkpoint_path)
     if ckpt.config.mode != manifest["mode"]:
         raise BisrError(f"the artifact is a {manifest['mode']}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
     _, _, height, width = manifest["output"]["shape"]
@@ -83,6 +84,17 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
             click.echo(f"FAIL {failure}", err=True)
         raise SystemExit(1)
     click.echo("PASS: every criterion holds")
+
+
+def _check_source(manifest: dict, checkpoint_path: str | None) -> None:
+    """Refuse a checkpoint other than the one the artifact records as its source (when it records one)."""
+    from ..checkpoint import SHIPPED_CHECKPOINT
+
+    source = manifest.get("source", {})
+    recorded = source.get("checkpoint_sha256") or source.get("bisr.source.sha256")
+    if recorded and file_sha256(checkpoint_path or SHIPPED_CHECKPOINT) != recorded:
+        raise BisrError(f"the artifact was compiled from another checkpoint (sha256 {recorded[:12]}...); "
+                        "give that one with --checkpoint")
 
 
 def _fmt(value, spec):

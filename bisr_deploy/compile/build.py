@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..checkpoint import file_sha256
+from ..fileio import file_sha256
 from ..errors import BisrError
 from ..runtime import FORMAT_NAME, FORMAT_VERSION, LIBRARY, MANIFEST, PARAMS
 from .onnx_import import ImportedModel, import_onnx
@@ -54,6 +54,9 @@ def _layer_records(imported: ImportedModel) -> list[dict]:
                   "kernel": list(spec.kernel), "pads": list(spec.pads)}
         if layer.kind == "bisrconv":
             record.update(shape=[spec.batch, spec.channels, spec.height, spec.width], group=spec.group)
+        elif layer.kind == "bisrconv_fused":
+            record.update(shape=[spec.batch, spec.channels, spec.height, spec.width], group=spec.group,
+                          members=list(layer.members), combine=layer.combine, rprelu=layer.post)
         else:
             record.update(shape=[spec.batch, spec.in_channels, spec.height, spec.width], out_channels=spec.out_channels,
                           groups=spec.groups)

@@ -80,7 +80,7 @@ def _check_type(where: str, value, default):
     else:
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
     if not ok:
-        raise BisrError(f"config {where} = {value!r}: expected a {type(default).__name__}")
+        raise BisrError(f"config {where} = {value!r}: expected {type(default).__name__}")
     return value
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 import platform
 import random
 import subprocess
@@ -46,6 +47,8 @@ STATE_FILE = "train_state.pt"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best.safetensors"
 HISTORY_FILE = "history.json"
+# Settings that may differ between a run and its resumption (they do not change what is computed).
+_RESUMABLE_CHANGES = {"output_dir", "threads", "checkpoint_every", "val_every", "progress", "device"}
 
 
 def _rng_state() -> dict:
@@ -140,11 +143,13 @@ class Trainer:
             state = torch.load(path, map_location="cpu", weights_only=True)
             saved_config = state["config"]
             self._check_architecture(saved_config["model"], str(path))
-            if saved_config["train"]["seed"] != self.config.train.seed:
-                raise BisrError(f"{path}: saved with train.seed {saved_config['train']['seed']}, the config has {self.config.train.seed}")
-            if state["world_size"] != self.ctx.world_size or saved_config["train"]["batch_size"] != self.config.train.batch_size:
-                raise BisrError(f"{path}: saved with {state['world_size']} process(es) x batch {saved_config['train']['batch_size']}; "
-                                "resume with the same")
+            now = self.config.to_dict()
+            changed = [f"{section}.{key}" for section in ("model", "data", "train") for key, value in now[section].items()
+                       if key not in _RESUMABLE_CHANGES and saved_config[section].get(key) != value]
+            if changed:
+                raise BisrError(f"{path}: the run was saved with other settings for {', '.join(changed)}; resume with the same")
+            if state["world_size"] != self.ctx.world_size:
+                raise BisrError(f"{path}: saved by {state['world_size']} process(es), resumed by {self.ctx.world_size}; use the same")
             self.model.load_state_dict(state["model"], strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -154,7 +159,12 @@ class Trainer:
         except BisrError:
             raise
         except Exception as exc:  # torch.load raises UnpicklingError, RuntimeError, EOFError...; state dicts KeyError...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            if isinstance(exc, pickle.UnpicklingError):
+                first = "corrupt, or holds more than tensors and plain containers"
+            elif isinstance(exc, KeyError):
+                first = f"no entry {exc}"
+            else:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise BisrError(f"{path}: not a usable training state ({first})") from exc
         self.log(f"resumed {self.out} at epoch {self.epoch + 1}, step {self.global_step}/{self.total_steps}")
 

@@ -1,0 +1,114 @@
+"""`bisr-deploy verify`: the criteria, the report, x86 and emulated ARM artifacts, and that it catches a broken layer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bisr_deploy import verify as v
+from bisr_deploy.fileio import file_sha256
+
+from .conftest import KAIST_NPZ, REAL_PTH, SIM_PTH
+
+
+def run_verify(artifact, *extra):
+    return subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "verify", str(artifact), "--checkpoint", str(SIM_PTH),
+                           "--scenes", str(KAIST_NPZ.parent), "--synthetic", "1", *map(str, extra)],
+                          capture_output=True, text=True)
+
+
+def _check_passing_report(proc, report_path):
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS: every criterion holds" in proc.stdout
+    report = json.loads(report_path.read_text())
+    assert report["passed"] and report["failures"] == []
+    assert [s["name"] for s in report["scenes"]] == ["synthetic-1", "kaist_crop128"]
+    assert len(report["layers"]) == 59 and min(report["layers"].values()) >= v.LAYER_MIN_AGREEMENT
+    kaist = report["scenes"][1]
+    assert kaist["finite"] and kaist["psnr_vs_torch"] > v.MIN_PSNR_VS_TORCH_DB
+    assert abs(kaist["psnr_gap"]) <= v.MAX_SCENE_PSNR_GAP_DB
+    assert kaist["psnr_truth_artifact"] > 25  # a 64 x 64 top-left crop of the KAIST scene
+    return report
+
+
+def test_x86_artifact_passes(x86_artifact, tmp_path):
+    report = _check_passing_report(run_verify(x86_artifact, "--json", tmp_path / "r.json"), tmp_path / "r.json")
+    assert all(s["latency_ms"] > 0 for s in report["scenes"])
+
+
+def test_arm_artifact_passes_under_emulation(arm_artifact, tmp_path):
+    report = _check_passing_report(run_verify(arm_artifact, "--json", tmp_path / "r.json"), tmp_path / "r.json")
+    assert all(s["latency_ms"] is None for s in report["scenes"])  # emulated: no honest latency
+
+
+def test_a_flipped_weight_bit_fails_the_layer_check(x86_artifact, tmp_path):
+    """Corrupt one weight word of one layer (and re-sign the manifest): verify must name that layer and fail."""
+    broken = tmp_path / "broken"
+    shutil.copytree(x86_artifact, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    params = dict(np.load(broken / "params.npz"))
+    layer = "body.0.encoder_layers.0.0.blocks.0.fn.net.0.biconv_1"
+    key = f"p{manifest['params'].index(f'{layer}.wwords'):04d}"
+    params[key] = params[key] ^ np.uint32(0b1011)
+    np.savez(broken / "params.npz", **params)
+    manifest["files"]["params.npz"] = {"sha256": file_sha256(broken / "params.npz"),
+                                       "bytes": (broken / "params.npz").stat().st_size}
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_verify(broken, "--json", tmp_path / "r.json")
+    assert proc.returncode == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert not report["passed"]
+    assert report["layers"][layer] < v.LAYER_MIN_AGREEMENT
+    assert f"FAIL layer {layer}:" in proc.stderr
+
+
+def test_wrong_checkpoint_is_refused(x86_artifact, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "verify", str(x86_artifact), "--checkpoint",
+                           str(REAL_PTH)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: the artifact is a sim-mode model, the checkpoint a real-mode one"
+    from bisr_deploy.checkpoint import load_checkpoint, save_checkpoint
+
+    copy = tmp_path / "copy.safetensors"
+    save_checkpoint(load_checkpoint(SIM_PTH), copy)
+    proc = subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "verify", str(x86_artifact), "--checkpoint", str(copy)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "compiled from another checkpoint" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "verify", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a bisr-deploy artifact" in proc.stderr
+
+
+def _result(name, psnr_vs_torch=45.0, art=30.0, torch=30.0, finite=True):
+    return v.SceneResult(name, "ground-truth", finite, psnr_vs_torch, 0.99, art, torch, 0.9, 0.9)
+
+
+def test_judge_criteria():
+    report = v.Report("a", "c", scenes=[_result("ok"), _result("small-gap", art=30.25)], layers={"x": 1.0})
+    v.judge(report)
+    assert report.passed
+    report = v.Report("a", "c", scenes=[_result("big-gap", art=29.6), _result("far", psnr_vs_torch=25.0),
+                                        _result("nan", finite=False)], layers={"layer.a": 0.99})
+    v.judge(report)
+    assert report.failures == [
+        "big-gap: PSNR vs truth differs from PyTorch's by -0.400 dB (limit ±0.3)",
+        "far: 25.00 dB against PyTorch < 30.0 dB",
+        "nan: output has NaN/Inf",
+        "mean PSNR gap to PyTorch -0.200 dB exceeds ±0.1 dB",
+        "layer layer.a: 99.0000% of outputs agree (< 99.9%)",
+    ]
+    empty = v.Report("a", "c")
+    v.judge(empty)
+    assert empty.failures == ["no scene was verified"]
+
+
+def test_agreement_counts_elements_within_tolerance():
+    ref = np.array([0.0, 1.0, -2.0, 4.0], np.float32)
+    assert v.agreement(ref + 1e-6, ref) == 1.0
+    flipped = ref.copy()
+    flipped[2] += 0.05  # what one flipped bit does: the accumulator moves by 2 times the weight scale
+    assert v.agreement(flipped, ref) == pytest.approx(0.75)
