@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bands import CASSI_WAVELENGTHS_NM
+from .train.spectra import CASSI_WAVELENGTHS
 from .fileio import atomic_output
 
 _XYZ_TO_SRGB = np.array([[3.2406, -1.5372, -0.4986], [-0.9689, 1.8758, 0.0415], [0.0557, -0.2040, 1.0570]])
@@ -29,7 +29,7 @@ def cie_cmf(wavelengths_nm) -> np.ndarray:
     return np.stack([x, y, z])
 
 
-def cube_to_srgb(cube: np.ndarray, wavelengths_nm=CASSI_WAVELENGTHS_NM) -> np.ndarray:
+def cube_to_srgb(cube: np.ndarray, wavelengths_nm=CASSI_WAVELENGTHS) -> np.ndarray:
     """Cube [C, H, W] -> sRGB image [H, W, 3] in [0, 1]."""
     cmf = cie_cmf(wavelengths_nm)
     xyz = np.tensordot(cmf / cmf[1].sum(), np.clip(cube, 0, None), axes=(1, 0))
@@ -59,7 +59,7 @@ def write_preview(path: str, cube: np.ndarray, title: str | None = None, size: i
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    wavelengths = CASSI_WAVELENGTHS_NM if cube.shape[0] == len(CASSI_WAVELENGTHS_NM) else np.linspace(450, 650, cube.shape[0])
+    wavelengths = CASSI_WAVELENGTHS if cube.shape[0] == len(CASSI_WAVELENGTHS) else np.linspace(450, 650, cube.shape[0])
     fig, (ax_img, ax_spec) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1, 1.2]})
     ax_img.imshow(cube_to_srgb(cube, wavelengths))
     ax_img.set_axis_off()

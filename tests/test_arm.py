@@ -68,15 +68,9 @@ def elf_machine(path) -> int:
 
 def disassemble(path) -> dict[str, list[str]]:
     """aarch64-linux-gnu-objdump -d of ``path`` -> {function symbol: its instruction mnemonics}."""
-    text = subprocess.run([cross.linux_tool("objdump"), "-d", "--no-show-raw-insn", str(path)],
-                          check=True, capture_output=True, text=True).stdout
-    functions, current = {}, None
-    for line in text.splitlines():
-        if line.endswith(">:") and " <" in line:
-            current = functions.setdefault(line.split(" <", 1)[1][:-2], [])
-        elif current is not None and ":\t" in line:
-            current.append(line.split(":\t", 1)[1].split()[0])
-    return functions
+    from bisr_deploy.instruction_mix import disassemble as objdump_functions
+
+    return {name: [m for m, _ in code] for name, code in objdump_functions(path, cross.linux_tool("objdump")).items()}
 
 
 # ---- the cross toolchain and the emulation environment on a small TVM kernel ----

@@ -81,8 +81,10 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
     output = Path(output)
     if output.exists() and not (output / MANIFEST).is_file():
         raise BisrError(f"{output} exists and is not a bisr-deploy artifact; refusing to overwrite it")
-    if not output.parent.is_dir():
-        raise BisrError(f"cannot write {output}: directory {output.parent} does not exist")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BisrError(f"cannot write {output}: {exc.strerror} ({output.parent})") from exc
     imported, executable = compile_module(model, target)
     meta = _model_metadata(model)
     onnx_bytes = model.SerializeToString()
