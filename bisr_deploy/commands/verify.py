@@ -37,9 +37,9 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
 
     manifest = runtime.read_manifest(artifact)
     ckpt = load_checkpoint(checkpoint_path)
-    _check_source(manifest, checkpoint_path)
     if ckpt.config.mode != manifest["mode"]:
         raise BisrError(f"the artifact is a {manifest['mode']}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
+    _check_source(manifest, checkpoint_path)
     _, _, height, width = manifest["output"]["shape"]
     report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or "shipped default")
 
