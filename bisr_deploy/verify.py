@@ -42,7 +42,8 @@ LAYER_RTOL = 1e-4  # relative to the layer output's largest magnitude
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 DEFAULT_SCENES = SHARED_DATA / "hsi-scenes"
 DEFAULT_REAL = SHARED_DATA / "tsa-cassi" / "real_measurements"
-STANDARD_MASK = SHARED_DATA / "tsa-cassi" / "mask_simulation_256.mat"
+STANDARD_MASKS = {"sim": SHARED_DATA / "tsa-cassi" / "mask_simulation_256.mat",
+                  "real": SHARED_DATA / "tsa-cassi" / "mask_real_660.mat"}
 CUBE_KEYS = ["img", "NRD", "Omsi", "msi"]
 
 
@@ -107,22 +108,34 @@ def reference_checkpoint(ckpt: Checkpoint) -> Checkpoint:
     return Checkpoint(replace(ckpt.config, sign_zero="negative"), ckpt.state_dict, ckpt.training, ckpt.provenance)
 
 
-def _crop_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+def crop_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     if mask.shape[0] < height or mask.shape[1] < width:
         raise BisrError(f"mask {mask.shape} is smaller than the artifact's scene size {height} x {width}")
     return np.ascontiguousarray(mask[:height, :width], dtype=np.float32)
 
 
-def default_mask(height: int, width: int) -> np.ndarray:
-    """The standard TSA-Net mask's top-left crop when ../shared is present, else the project's generated mask."""
-    if STANDARD_MASK.exists() and height <= 256 and width <= 256:
-        return _crop_mask(load_array(STANDARD_MASK, "mask"), height, width)
+def default_mask(mode: str, height: int, width: int) -> np.ndarray:
+    """The coded aperture that simulated snapshots go through: the top-left crop of the TSA-Net mask of the
+    mode (simulation 256 x 256, real camera 660 x 660) when ../shared holds it and it is large enough, else the
+    project's generated mask."""
+    path = STANDARD_MASKS[mode]
+    if path.exists():
+        mask = load_array(path, "mask")
+        if mask.shape[0] >= height and mask.shape[1] >= width:
+            return crop_mask(mask, height, width)
     from .train.synthetic import generated_mask
 
     return generated_mask(height, width, 0)
 
 
-def ground_truth_scenes(folder: Path, height: int, width: int, mask: np.ndarray | None, skipped: list[str]) -> list[Scene]:
+def _scene(name: str, truth: np.ndarray, aperture: np.ndarray, mode: str) -> Scene:
+    """The snapshot of ``truth`` through ``aperture``; simulation-mode models also get the aperture as input."""
+    snapshot = simulate_snapshot(torch.from_numpy(truth)[None], torch.from_numpy(aperture))[0].numpy()
+    return Scene(name, snapshot, aperture if mode == "sim" else None, truth)
+
+
+def ground_truth_scenes(folder: Path, height: int, width: int, aperture: np.ndarray, mode: str,
+                        skipped: list[str]) -> list[Scene]:
     """Top-left height x width crops of every cube in ``folder`` (recursively); smaller cubes are skipped."""
     from .train.config import DataConfig
     from .train.datasets import load_cube
@@ -135,18 +148,17 @@ def ground_truth_scenes(folder: Path, height: int, width: int, mask: np.ndarray 
             skipped.append(f"{path.name}: {cube.shape[1]} x {cube.shape[2]} is smaller than {height} x {width}")
             continue
         truth = np.ascontiguousarray(cube[:, :height, :width])
-        scenes.append(Scene(path.stem, _snapshot(truth, mask), mask, truth))
+        scenes.append(_scene(path.stem, truth, aperture, mode))
     return scenes
 
 
-def synthetic_scenes(count: int, height: int, width: int, mask: np.ndarray | None) -> list[Scene]:
+def synthetic_scenes(count: int, height: int, width: int, aperture: np.ndarray, mode: str) -> list[Scene]:
     """Held-out synthetic scenes (odd seeds; training uses even ones)."""
     from .train.synthetic import synthetic_scene
 
     scenes = []
     for i in range(count):
-        truth = synthetic_scene(height, width, 2 * i + 1)
-        scenes.append(Scene(f"synthetic-{2 * i + 1}", _snapshot(truth, mask), mask, truth))
+        scenes.append(_scene(f"synthetic-{2 * i + 1}", synthetic_scene(height, width, 2 * i + 1), aperture, mode))
     return scenes
 
 
@@ -160,12 +172,6 @@ def real_snapshots(folder: Path, height: int, width: int, skipped: list[str]) ->
             continue
         scenes.append(Scene(path.stem, np.ascontiguousarray(y[:height, : width + 54], dtype=np.float32), None, None))
     return scenes
-
-
-def _snapshot(truth: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Noise-free snapshot of ``truth``; real-mode models see an unmasked (all-ones aperture) scene."""
-    aperture = mask if mask is not None else np.ones(truth.shape[1:], np.float32)
-    return simulate_snapshot(torch.from_numpy(truth)[None], torch.from_numpy(aperture))[0].numpy()
 
 
 def compare_scene(scene: Scene, kind: str, artifact_out: np.ndarray, torch_out: np.ndarray, latency_ms: float | None) -> SceneResult:

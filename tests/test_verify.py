@@ -46,6 +46,42 @@ def test_arm_artifact_passes_under_emulation(arm_artifact, tmp_path):
     assert all(s["latency_ms"] is None for s in report["scenes"])  # emulated: no honest latency
 
 
+def _compile_x86(checkpoint, out):
+    from bisr_deploy.compile.build import build_artifact
+    from bisr_deploy.compile.targets import resolve_target
+    from bisr_deploy.export import export_onnx
+
+    build_artifact(export_onnx(checkpoint, 64, 64), out, resolve_target("x86", "haswell"))
+    return out
+
+
+def test_shipped_checkpoint_artifact_passes(tmp_path):
+    """CI's verify of the checkpoint the project ships (default --checkpoint)."""
+    from bisr_deploy.checkpoint import SHIPPED_CHECKPOINT
+
+    artifact = _compile_x86(SHIPPED_CHECKPOINT, tmp_path / "shipped")
+    proc = subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "verify", str(artifact), "--synthetic", "2",
+                           "--scenes", str(KAIST_NPZ.parent), "--json", str(tmp_path / "r.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and len(report["scenes"]) == 3 and len(report["layers"]) == 59
+
+
+def test_real_checkpoint_artifact_passes_on_real_snapshots(tmp_path):
+    """The authors' real-data model: real camera snapshots (no truth) and scenes through the real mask."""
+    artifact = _compile_x86(REAL_PTH, tmp_path / "real")
+    proc = subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "verify", str(artifact), "--checkpoint", str(REAL_PTH),
+                           "--synthetic", "1", "--scenes", str(KAIST_NPZ.parent), "--json", str(tmp_path / "r.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    kinds = [s["kind"] for s in report["scenes"]]
+    assert kinds == ["synthetic", "ground-truth"] + ["real"] * 5
+    real = [s for s in report["scenes"] if s["kind"] == "real"]
+    assert all(s["psnr_truth_artifact"] is None and s["psnr_vs_torch"] > v.MIN_PSNR_VS_TORCH_DB for s in real)
+
+
 def test_a_flipped_weight_bit_fails_the_layer_check(x86_artifact, tmp_path):
     """Corrupt one weight word of one layer (and re-sign the manifest): verify must name that layer and fail."""
     broken = tmp_path / "broken"

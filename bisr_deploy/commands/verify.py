@@ -24,7 +24,8 @@ from ..fileio import atomic_output, file_sha256, load_array
 @click.option("--synthetic", default=2, show_default=True, type=click.IntRange(0, 100),
               help="Number of held-out synthetic scenes.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
-              help="2-D mask for simulated snapshots (default: the standard mask's top-left crop, else the generated one).")
+              help="2-D coded aperture for simulated snapshots (default: the top-left crop of the TSA-Net mask of "
+                   "the artifact's mode from ../shared, else the project's generated mask).")
 @click.option("--mask-key", default=None, help="Variable name inside --mask.")
 @click.option("--layers/--no-layers", default=True, show_default=True,
               help="Check every BiSR-Conv of the artifact on PyTorch's own layer inputs.")
@@ -43,17 +44,16 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
     _, _, height, width = manifest["output"]["shape"]
     report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or "shipped default")
 
-    mask = None
-    if manifest["mode"] == "sim":
-        mask = load_array(mask_path, mask_key) if mask_path else v.default_mask(height, width)
-        mask = v._crop_mask(mask, height, width)
-    scenes = [("synthetic", s) for s in v.synthetic_scenes(synthetic, height, width, mask)]
+    mode = manifest["mode"]
+    aperture = load_array(mask_path, mask_key) if mask_path else v.default_mask(mode, height, width)
+    aperture = v.crop_mask(aperture, height, width)
+    scenes = [("synthetic", s) for s in v.synthetic_scenes(synthetic, height, width, aperture, mode)]
     scenes_dir = Path(scenes_dir) if scenes_dir else (v.DEFAULT_SCENES if v.DEFAULT_SCENES.is_dir() else None)
     if scenes_dir is not None:
         if not scenes_dir.is_dir():
             raise BisrError(f"{scenes_dir}: no such scene folder")
-        scenes += [("ground-truth", s) for s in v.ground_truth_scenes(scenes_dir, height, width, mask, report.skipped)]
-    if manifest["mode"] == "real":
+        scenes += [("ground-truth", s) for s in v.ground_truth_scenes(scenes_dir, height, width, aperture, mode, report.skipped)]
+    if mode == "real":
         real_dir = Path(real_dir) if real_dir else (v.DEFAULT_REAL if v.DEFAULT_REAL.is_dir() else None)
         if real_dir is not None:
             scenes += [("real", s) for s in v.real_snapshots(real_dir, height, width, report.skipped)]
