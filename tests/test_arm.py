@@ -260,6 +260,15 @@ def test_emulated_arm_artifact_equals_x86(emulated_cubes, x86_cubes, scene):
     assert psnr(x86_cubes[0], truth) > 25  # a real reconstruction, not a constant
 
 
+def test_run_command_emulates_an_arm_artifact(arm_artifact, emulated_cubes, scene, tmp_path):
+    _, _, _, d = scene
+    proc = subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "run", str(arm_artifact), "--measurement",
+                           str(d / "snapshot.npy"), "--mask", str(d / "mask.npy"), "--output", str(tmp_path / "c.npy")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.load(tmp_path / "c.npy"), emulated_cubes[0])
+
+
 def test_emulated_run_reports_the_guest_loaders_refusal(arm_env, x86_artifact, scene):
     _, snapshot, mask, _ = scene
     with pytest.raises(BisrError, match=r"^\S+x86 \(compiled for cpu haswell\) needs CPU features this machine lacks: "):

@@ -16,14 +16,20 @@ from ..fileio import load_array, save_array
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="Cube 28 x H x W: .npy or .mat.")
 def run_command(artifact, measurement, mask_path, key, mask_key, threads, output):
-    """Reconstruct a cube with a compiled artifact (made by `bisr-deploy compile`)."""
-    from ..runtime import load, set_num_threads
+    """Reconstruct a cube with a compiled artifact (made by `bisr-deploy compile`).
 
-    model = load(artifact)
-    if threads:
-        set_num_threads(threads)
+    An aarch64 artifact on an x86 machine runs under emulation (docs/arm.md); the output is the same, the speed is not."""
+    from .. import emulation
+    from ..runtime import load, read_manifest, set_num_threads
+
     y = load_array(measurement, key)
     mask = load_array(mask_path, mask_key) if mask_path else None
-    cube = model(y, mask)
+    if emulation.is_foreign(read_manifest(artifact)):
+        cube = emulation.run_artifact(artifact, y, mask)
+    else:
+        model = load(artifact)
+        if threads:
+            set_num_threads(threads)
+        cube = model(y, mask)
     save_array(output, cube)
     click.echo(f"wrote {output}: cube {cube.shape[0]} x {cube.shape[1]} x {cube.shape[2]} float32")
