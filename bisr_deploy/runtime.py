@@ -116,6 +116,11 @@ class CompiledModel:
     def __call__(self, measurement: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         return self.run_raw(self._inputs(measurement, mask))[0].astype(np.float32, copy=False)
 
+    def set_instrument(self, hook) -> None:
+        """Install (None: remove) a Relax VM instrument hook, called around every VM call as
+        ``hook(func, name, before_run, ret_value, *args)`` (it returns 0); for per-call profiling."""
+        self._vm.set_instrument(hook)
+
     def bisrconv_layers(self) -> list[str]:
         """Names (ONNX node = PyTorch module path) of the compiled BiSRConvs, in graph order."""
         return [layer["name"] for layer in self.manifest["layers"] if layer["kind"] == "bisrconv"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from bisr_deploy.compile.bitserial import BiSRConvSpec, bisrconv_primfunc, prepare_weights
+from bisr_deploy.compile.bitserial import PARAM_NAMES, BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
 from bisr_deploy.compile.floatconv import Conv2dSpec, conv2d_primfunc
 from bisr_deploy.compile.onnx_import import kernel_params, split_custom_ops
 from bisr_deploy.compile.targets import resolve_target
@@ -93,6 +93,69 @@ def test_bisrconv_kernel_bit_exact(c, h, w, ks, group):
     want = reference_bisrconv(x, inputs["redist_scale"], inputs["redist_bias"], signs, inputs["weight_scale"],
                               inputs["rprelu_bias_in"], inputs["rprelu_slope"], inputs["rprelu_bias_out"], (p,) * 4, group)
     np.testing.assert_array_equal(got, want)
+
+
+FUSIONS = [Fusion("concat"), Fusion("concat", post=True), Fusion(post=True), Fusion("mean"),
+           Fusion("mean", split_input=True, residual=True), Fusion("mean", residual=True)]
+
+
+@pytest.mark.parametrize("c,h,w,ks,group", [(28, 4, 32, 1, 1), (112, 6, 16, 3, 28), (40, 5, 12, 3, 4)])
+def test_fused_kernels_bit_exact(c, h, w, ks, group):
+    """Every Fusion of two BiSRConvs (+ mean / concat, residual, RPReLU) equals the graph's ops, float32 step by
+    step, on the reference of each layer: the plane-wise, the tap-packed (4 ch/group) and a straddling layout."""
+    rng = np.random.default_rng(c + h)
+    p = (ks - 1) // 2
+    spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p,) * 4, group)
+    (s1, i1, x1), (s2, i2, x2) = random_case(rng, c, h, w, ks, group), random_case(rng, c, h, w, ks, group)
+    r = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    post = [rng.standard_normal(2 * c).astype(np.float32), rng.random(2 * c).astype(np.float32),
+            rng.standard_normal(2 * c).astype(np.float32)]
+    node = lambda inputs: type("Node", (), {"spec": spec, "inputs": inputs})  # noqa: E731
+    params = [*kernel_params(node(i1)).values(), *kernel_params(node(i2)).values()]
+    layer = lambda x, i, signs: reference_bisrconv(  # noqa: E731
+        x, i["redist_scale"], i["redist_bias"], signs, i["weight_scale"], i["rprelu_bias_in"], i["rprelu_slope"],
+        i["rprelu_bias_out"], (p,) * 4, group).astype(np.float32)
+    for fusion in FUSIONS:
+        args = params[:len(PARAM_NAMES) * fusion.layers]
+        if fusion.combine == "single":
+            xs, want = [x1], layer(x1, i1, s1)
+        elif fusion.combine == "concat":
+            xs, want = [x1], np.concatenate([layer(x1, i1, s1), layer(x1, i2, s2)], axis=1)
+        else:
+            xs = [x1, x2] if fusion.split_input else [np.concatenate([x1, x2], axis=1)]
+            want = (layer(x1, i1, s1) + layer(x2, i2, s2)) / np.float32(2)
+            if fusion.residual:
+                want, args = want + r, args + [r]
+        if fusion.post:
+            b0, slope, b1 = (a[:want.shape[1], None, None] for a in post)
+            t = want + b0
+            want = np.where(t > 0, t, slope * t) + b1
+            args = args + [a[:want.shape[1]] for a in post]
+        lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, TARGET.lanes, fusion)}), target=TARGET.tvm_target)
+        out = tvm.runtime.empty(want.shape, "float32")
+        lib["bisrconv"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [*xs, *args]), out)
+        np.testing.assert_array_equal(out.numpy(), want.astype(np.float32), err_msg=str(fusion))
+    with pytest.raises(BisrError, match="unsupported fusion"):
+        Fusion("concat", residual=True)
+
+
+def test_import_fuses_bisrnets_patterns(artifact64):
+    """The 64x64 network: its 59 BiSRConvs run as 33 kernel calls (pairs fused with their concat / mean, the
+    RPReLUs and block residuals in the epilogues); every per-layer kernel stays callable."""
+    import json
+
+    out, _ = artifact64
+    layers = json.loads((out / "manifest.json").read_text())["layers"]
+    fused = [layer for layer in layers if layer["kind"] == "bisrconv_fused"]
+    single = {layer["name"] for layer in layers if layer["kind"] == "bisrconv"}
+    members = [m for layer in fused for m in layer["members"]]
+    assert len(single) == 59 and len(members) == len(set(members)) and set(members) <= single
+    assert len(fused) == 31 and len(members) == 57  # embedding, mapping: alone
+    kinds = {(layer["combine"], layer["split_input"], layer["residual"], layer["rprelu"]) for layer in fused}
+    assert kinds == {("concat", False, False, False), ("concat", False, False, True),  # FusionUp, Downsample
+                     ("single", False, False, True),  # the grouped 3x3 and its RPReLU
+                     ("mean", False, False, False), ("mean", False, True, False),  # FusionDown, Upsample
+                     ("mean", True, False, False)}  # FusionDown of the decoder's Concat(up, skip)
 
 
 @pytest.mark.parametrize("c,ks,group", [(28, 3, 1), (112, 3, 28), (56, 1, 1)])

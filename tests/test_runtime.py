@@ -196,7 +196,12 @@ def test_bench_command_reports(built, tmp_path):
                                            for f in ("model.so", "params.npz"))
     kinds = report["layers_by_kind_ms"]
     assert set(kinds) == {"bisrconv", "conv2d", "upsample2x", "fused"} and all(v > 0 for v in kinds.values())
-    assert sum(1 for row in report["layers"] if row["kind"] == "bisrconv") == 59
+    assert sum(row["bisrconvs"] for row in report["layers"] if row["kind"] == "bisrconv") == 59  # fused pairs count 2
+    # the same calls timed inside the network run, in execution order
+    network = report["network_layers"]
+    assert [row["function"] for row in network if row["kind"] in ("bisrconv", "conv2d", "upsample2x")] == \
+        [row["function"] for row in report["layers"] if row["kind"] in ("bisrconv", "conv2d", "upsample2x")]
+    assert all(row["ms"] > 0 for row in network) and set(report["network_layers_by_kind_ms"]) >= {"bisrconv", "conv2d"}
     assert "compiled@1" in report["speedups_vs_onnxruntime"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| compiled | 1 |" in (tmp_path / "bench.md").read_text()

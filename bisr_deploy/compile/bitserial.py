@@ -14,6 +14,10 @@ One ``BiSRConvSpec`` (shape, kernel, pads, groups) gives one TIR ``PrimFunc`` in
    ``T`` (``border_table``) holds ``n_valid·Cg + 2·Σ_invalid popcount(w_tap)`` for the 4×4 combinations of
    {first, last} row/column flags, which makes ``acc`` exactly the zero-padded sum of the contract.
 
+``Fusion`` extends the kernel to BiSRNet's modules around the BiSRConvs (two layers with their Concat or
+mean, the following RPReLU, the block residual); ``BiSRConvSpec.tap_words`` switches grouped convs with
+small groups to tap-packed windows (2 popcounts per output for 4 channels x 3x3, not 9). docs/compiler.md.
+
 Kernel parameters prepared from the ONNX initializers by ``prepare_weights`` (numpy, at compile time):
 ``wwords`` uint32 [C, NWG, KH, KW] (the output channel's weight bits at their activation bit positions, NWG =
 the most word planes one group touches), ``wmask`` uint32 [C, NWG] (the group's channel bits), ``table``
@@ -31,6 +35,7 @@ from ..bitpack import unpack_sign_bits
 from ..errors import BisrError
 
 WORD_BITS = 32
+ROW_BAND = 8  # output rows per parallel task of a KxK kernel (its packed input rows stay in cache)
 PARAM_NAMES = ("redist_scale", "redist_bias", "wwords", "wmask", "table",
                "weight_scale", "rprelu_bias_in", "rprelu_slope", "rprelu_bias_out")
 
@@ -82,10 +87,25 @@ class BiSRConvSpec:
     def padded(self) -> bool:
         return self.kernel != (1, 1)
 
+    @property
+    def tap_words(self) -> int:
+        """TW > 0: the kernel is **tap-packed**. A grouped conv whose groups sit inside one word (Cg divides
+        32) and whose window (Cg·KH·KW bits) fits fewer words than the NWG·KH·KW of the plane-wise loop
+        gathers each group's Cg bits of all taps side by side (tap k = u·KW + v at bits
+        (k mod 32/Cg)·Cg.. of word k div 32/Cg): TW popcounts per output instead of KH·KW. 0: plane-wise."""
+        kh, kw = self.kernel
+        cg = self.group_channels
+        if self.group == 1 or WORD_BITS % cg:
+            return 0
+        tw = -(-cg * kh * kw // WORD_BITS)
+        return tw if tw < self.group_words * kh * kw else 0
+
 
 
 def prepare_weights(spec: BiSRConvSpec, weight_bits: np.ndarray) -> dict[str, np.ndarray]:
-    """ONNX ``weight_bits`` uint8 [C, ceil(Cg·KH·KW/8)] (LSB-first over (i,u,v)) -> ``wwords``, ``wmask``, ``table``."""
+    """ONNX ``weight_bits`` uint8 [C, ceil(Cg·KH·KW/8)] (LSB-first over (i,u,v)) -> ``wwords``, ``wmask``, ``table``.
+    Tap-packed specs (``spec.tap_words``) get ``wwords`` [C, TW] in the gathered window's bit layout (their
+    ``wmask`` is kept for a uniform signature but unused: the gather already isolates the group's bits)."""
     c, cg = spec.channels, spec.group_channels
     kh, kw = spec.kernel
     try:
@@ -103,6 +123,13 @@ def prepare_weights(spec: BiSRConvSpec, weight_bits: np.ndarray) -> dict[str, np
             j, bit = channel // WORD_BITS - base, channel % WORD_BITS
             wwords[o, j] |= signs[o, i] << np.uint64(bit)
             wmask[o, j] |= np.uint64(1) << np.uint64(bit)
+    if spec.tap_words:
+        per_word = WORD_BITS // cg
+        wwords = np.zeros((c, spec.tap_words), np.uint64)
+        for tap in range(kh * kw):
+            for i in range(cg):
+                bit = np.uint64((tap % per_word) * cg + i)
+                wwords[:, tap // per_word] |= signs[:, i, tap // kw, tap % kw] << bit
     popcounts = signs.sum(axis=1).astype(np.int64)  # [C, KH, KW]: +1 weights per tap
     table = np.zeros((c, 4, 4), np.int32)
     top, left, bottom, right = spec.pads
@@ -124,76 +151,182 @@ def prepare_weights(spec: BiSRConvSpec, weight_bits: np.ndarray) -> dict[str, np
     return {"wwords": wwords.astype(np.uint32), "wmask": wmask.astype(np.uint32), "table": table}
 
 
-def bisrconv_compute(spec: BiSRConvSpec):
-    """TE tensors of the fused operator: returns (inputs in ``["X", *PARAM_NAMES]`` order, output Y)."""
+COMBINES = ("single", "concat", "mean")
+POST_NAMES = ("post_bias_in", "post_slope", "post_bias_out")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """What one kernel computes around its BiSRConv(s) (see ``bisrconv_compute``)."""
+
+    combine: str = "single"  # "single" | "concat" | "mean"
+    post: bool = False  # the following RPReLU in the epilogue
+    split_input: bool = False  # mean only: the two halves come as two tensors (a Concat in the graph)
+    residual: bool = False  # mean only: + R [N,C,H,W] after the mean (the block's residual Add)
+
+    def __post_init__(self):
+        if self.combine not in COMBINES or (self.combine != "mean" and (self.split_input or self.residual)):
+            raise BisrError(f"BiSRConv kernel: unsupported fusion {self}")
+
+    @property
+    def layers(self) -> int:
+        return 1 if self.combine == "single" else 2
+
+    @property
+    def suffix(self) -> str:
+        """Kernel name suffix ("" for a plain single layer)."""
+        parts = [self.combine] if self != Fusion() else []
+        parts += [name for name, on in (("2in", self.split_input), ("res", self.residual), ("rprelu", self.post)) if on]
+        return "".join(f"_{p}" for p in parts)
+
+    def output_channels(self, spec: BiSRConvSpec) -> int:
+        return 2 * spec.channels if self.combine == "concat" else spec.channels
+
+
+def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
+    """TE tensors of the fused operator: returns (inputs, output Y).
+
+    ``fusion.combine`` fuses BiSRNet's pairs of BiSRConvs (two layers of the same ``spec``, one kernel, the
+    pair's packed planes stacked as planes ``l·words + p``):
+
+    * ``single``: one layer, X [N,C,H,W] -> Y [N,C,H,W]; inputs ``["X", *PARAM_NAMES]``.
+    * ``concat`` (FusionUp, Downsample): both layers on the same X [N,C,H,W], Y = Concat(Y1, Y2) [N,2C,H,W].
+    * ``mean`` (FusionDown, Upsample): layer l on channels [lC, (l+1)C) of X [N,2C,H,W] (``split_input``:
+      on X_l [N,C,H,W], two inputs), Y = (Y1 + Y2) / 2 [N,C,H,W], the float32 Add then Div of the graph;
+      ``residual``: Y = that + R.
+
+    Pairs take ``[X (or X_1, X_2), *PARAM_NAMES of layer 1, *PARAM_NAMES of layer 2]``, then ``R`` if
+    ``residual``, then ``POST_NAMES`` if ``post`` (float32 [C_out] each): the RPReLU that follows in the
+    graph, ``Y = PReLU(Y + bias_in) + bias_out``. The arithmetic is the graph's, float32 op by op.
+    """
     from tvm import te, tirx
 
+    combine, post = fusion.combine, fusion.post
     n_, c, h, w = spec.batch, spec.channels, spec.height, spec.width
     kh, kw = spec.kernel
     top, left, _, _ = spec.pads
     words, nwg = spec.words, spec.group_words
+    n_layers = fusion.layers
     u32 = "uint32"
 
-    x = te.placeholder((n_, c, h, w), "float32", name="X")
-    k = te.placeholder((c,), "float32", name="redist_scale")
-    b = te.placeholder((c,), "float32", name="redist_bias")
-    wwords = te.placeholder((c, nwg, kh, kw), u32, name="wwords")
-    wmask = te.placeholder((c, nwg), u32, name="wmask")
-    table = te.placeholder((c, 4, 4), "int32", name="table")
-    scale = te.placeholder((c,), "float32", name="weight_scale")
-    bias_in = te.placeholder((c,), "float32", name="rprelu_bias_in")
-    slope = te.placeholder((c,), "float32", name="rprelu_slope")
-    bias_out = te.placeholder((c,), "float32", name="rprelu_bias_out")
+    if fusion.split_input:
+        xs = [te.placeholder((n_, c, h, w), "float32", name=f"X_{l}") for l in range(2)]
+    else:
+        xs = [te.placeholder((n_, 2 * c if combine == "mean" else c, h, w), "float32", name="X")]
+
+    def x_at(n, l, ch, y, xx):
+        """Layer l's input channel ch (l: an int or a TIR expression)."""
+        if combine != "mean":
+            return xs[0][n, ch, y, xx]
+        if not fusion.split_input:
+            return xs[0][n, l * c + ch, y, xx]
+        if isinstance(l, int):
+            return xs[l][n, ch, y, xx]
+        return tirx.Select(l == 0, xs[0][n, ch, y, xx], xs[1][n, ch, y, xx])  # constant once the planes unroll
+
+    wshape = (c, spec.tap_words) if spec.tap_words else (c, nwg, kh, kw)
+    shapes = {"wwords": (wshape, u32), "wmask": ((c, nwg), u32), "table": ((c, 4, 4), "int32")}
+    layers = [{name: te.placeholder(*shapes.get(name, ((c,), "float32")), name=name if n_layers == 1 else f"{name}_{l}")
+               for name in PARAM_NAMES} for l in range(n_layers)]
+    c_out = fusion.output_channels(spec)
+    residual = te.placeholder((n_, c, h, w), "float32", name="R") if fusion.residual else None
+    posts = {name: te.placeholder((c_out,), "float32", name=name) for name in POST_NAMES} if post else {}
     zero_f = tirx.const(0.0, "float32")
 
-    def pack(n, p, y, xx):
+    def param(name, l, *index):
+        """Layer l's parameter (l: an int or a TIR expression)."""
+        if n_layers == 1:
+            return layers[0][name][index]
+        return tirx.Select(l == 0, layers[0][name][index], layers[1][name][index])
+
+    def pack(n, q, y, xx):
+        l, p = (0, q) if n_layers == 1 else (q // words, q % words)
         word = None
         for bit in range(WORD_BITS):
             ch = tirx.min(p * WORD_BITS + bit, c - 1)
-            positive = tirx.all(p * WORD_BITS + bit < c, k[ch] * x[n, ch, y, xx] > -b[ch])
+            positive = tirx.all(p * WORD_BITS + bit < c,
+                                param("redist_scale", l, ch) * x_at(n, l, ch, y, xx) > -param("redist_bias", l, ch))
             term = tirx.Select(positive, tirx.const(1 << bit, u32), tirx.const(0, u32))
             word = term if word is None else word | term
         return word
 
-    packed = te.compute((n_, words, h, w), pack, name="pack")
+    packed = te.compute((n_, n_layers * words, h, w), pack, name="pack")
     if spec.padded:
         def pad(n, p, y, xx):
             inside = tirx.all(y >= top, y < h + top, xx >= left, xx < w + left)
             return tirx.if_then_else(inside, packed[n, p, y - top, xx - left], tirx.const(0, u32))
 
-        source = te.compute((n_, words, h + kh - 1, w + kw - 1), pad, name="pad")
+        source = te.compute((n_, n_layers * words, h + kh - 1, w + kw - 1), pad, name="pad")
     else:
         source = packed
 
-    j = te.reduce_axis((0, nwg), name="j")
-    ru = te.reduce_axis((0, kh), name="ru")
-    rv = te.reduce_axis((0, kw), name="rv")
+    if spec.tap_words:
+        cg, per_word = spec.group_channels, WORD_BITS // spec.group_channels
+        nibble = tirx.const((1 << cg) - 1, u32)
 
-    def conv(n, o, y, xx):
-        plane = tirx.min(spec.base_word(o) + j, words - 1)
-        diff = source[n, plane, y + ru, xx + rv] ^ wwords[o, j, ru, rv]
-        if spec.group > 1:
-            diff = diff & wmask[o, j]
-        return te.sum(tirx.popcount(diff).astype("int32"), axis=[j, ru, rv])
+        def gather(n, l, g, t, y, xx):
+            plane, shift = l * words + g * cg // WORD_BITS, (g * cg % WORD_BITS).astype(u32)
+            word = None
+            for k in range(per_word):
+                tap = tirx.min(t * per_word + k, kh * kw - 1)  # a tap past the window reads a valid address
+                bits = ((source[n, plane, y + tap // kw, xx + tap % kw] >> shift) & nibble) << tirx.const(k * cg, u32)
+                if spec.tap_words * per_word > kh * kw:  # ... and contributes 0
+                    bits = tirx.Select(t * per_word + k < kh * kw, bits, tirx.const(0, u32))
+                word = bits if word is None else word | bits
+            return word
 
-    mismatches = te.compute((n_, c, h, w), conv, name="conv")
+        windows = te.compute((n_, n_layers, spec.group, spec.tap_words, h, w), gather, name="gather")
+        t_ax = te.reduce_axis((0, spec.tap_words), name="t")
 
-    def epilogue(n, o, y, xx):
+        def conv(n, l, o, y, xx):
+            diff = windows[n, l, o // cg, t_ax, y, xx] ^ param("wwords", l, o, t_ax)
+            return te.sum(tirx.popcount(diff).astype("int32"), axis=[t_ax])
+    else:
+        j = te.reduce_axis((0, nwg), name="j")
+        ru = te.reduce_axis((0, kh), name="ru")
+        rv = te.reduce_axis((0, kw), name="rv")
+
+        def conv(n, l, o, y, xx):
+            plane = l * words + tirx.min(spec.base_word(o) + j, words - 1)
+            diff = source[n, plane, y + ru, xx + rv] ^ param("wwords", l, o, j, ru, rv)
+            if spec.group > 1:
+                diff = diff & param("wmask", l, o, j)
+            return te.sum(tirx.popcount(diff).astype("int32"), axis=[j, ru, rv])
+
+    mismatches = te.compute((n_, n_layers, c, h, w), conv, name="conv")
+
+    def layer_output(n, l, o, y, xx):
         row_class = tirx.Select(y == 0, 1, 0) + tirx.Select(y == h - 1, 2, 0)
         first, last = xx == 0, xx == w - 1
-        bound = tirx.Select(first, tirx.Select(last, table[o, row_class, 3], table[o, row_class, 1]),
-                            tirx.Select(last, table[o, row_class, 2], table[o, row_class, 0]))
-        acc = bound - 2 * mismatches[n, o, y, xx]
+        bound = tirx.Select(first, tirx.Select(last, param("table", l, o, row_class, 3), param("table", l, o, row_class, 1)),
+                            tirx.Select(last, param("table", l, o, row_class, 2), param("table", l, o, row_class, 0)))
+        acc = bound - 2 * mismatches[n, l, o, y, xx]
         # TVM's LLVM backend contracts a float32 multiply-add into an FMA (one rounding instead of the
         # contract's two). scale·acc is exact in float64 (24-bit × |acc| < 2^29) and its narrowing
         # equals the float32 product, which LLVM cannot fuse with the following float32 add.
-        s = (scale[o].astype("float64") * acc.astype("float64")).astype("float32")
-        t = s + bias_in[o]
-        r = tirx.Select(t > zero_f, t, slope[o] * t) + bias_out[o]
-        return x[n, o, y, xx] + r
+        s = (param("weight_scale", l, o).astype("float64") * acc.astype("float64")).astype("float32")
+        t = s + param("rprelu_bias_in", l, o)
+        r = tirx.Select(t > zero_f, t, param("rprelu_slope", l, o) * t) + param("rprelu_bias_out", l, o)
+        return x_at(n, l, o, y, xx) + r
 
-    y_out = te.compute((n_, c, h, w), epilogue, name="epilogue")
-    return [x, k, b, wwords, wmask, table, scale, bias_in, slope, bias_out], y_out
+    def epilogue(n, o, y, xx):
+        if combine == "single":
+            out = layer_output(n, 0, o, y, xx)
+        elif combine == "concat":
+            out = layer_output(n, o // c, o % c, y, xx)
+        else:
+            out = (layer_output(n, 0, o, y, xx) + layer_output(n, 1, o, y, xx)) / tirx.const(2.0, "float32")
+        if residual is not None:
+            out = out + residual[n, o, y, xx]
+        if post:
+            t = out + posts["post_bias_in"][o]
+            out = tirx.Select(t > zero_f, t, posts["post_slope"][o] * t) + posts["post_bias_out"][o]
+        return out
+
+    y_out = te.compute((n_, c_out, h, w), epilogue, name="epilogue")
+    inputs = xs + [layer[name] for layer in layers for name in PARAM_NAMES] + ([residual] if residual is not None else [])
+    inputs += [posts[name] for name in posts]
+    return inputs, y_out
 
 
 def vector_lanes(width: int, lanes: int) -> int:
@@ -211,27 +344,18 @@ def _vectorize_row(sch, pack, lanes: int) -> None:
     sch.vectorize(xi)
 
 
-def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16):
-    """The scheduled ``PrimFunc`` (params: X, PARAM_NAMES..., Y): vectorised along W with ``lanes`` uint32
-    lanes (16 = one zmm, 8 = one ymm), rows in parallel, the reduction in registers, the taps unrolled."""
+def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion()):
+    """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
+    vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
+    reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators."""
     from tvm import s_tir, te
 
-    inputs, output = bisrconv_compute(spec)
+    inputs, output = bisrconv_compute(spec, fusion)
     func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "bisrconv")
     sch = s_tir.Schedule(func)
     lanes = vector_lanes(spec.width, lanes)
 
     pack = sch.get_sblock("pack")
-    if spec.padded:  # the 3x3 window needs neighbouring rows: pack the whole image first, then pad it
-        n, p, y, xx = sch.get_loops(pack)
-        sch.reorder(n, y, p, xx)
-        sch.parallel(sch.fuse(n, y))
-        _vectorize_row(sch, pack, lanes)
-        pad = sch.get_sblock("pad")
-        n, p, y, xx = sch.get_loops(pad)
-        sch.reorder(n, y, p, xx)
-        sch.parallel(sch.fuse(n, y))
-
     epi = sch.get_sblock("epilogue")
     conv = sch.get_sblock("conv")
     n, o, y, xx = sch.get_loops(epi)
@@ -241,16 +365,42 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16):
     sch.vectorize(xi)
     sch.set_scope(conv, 0, "local")
     sch.compute_at(conv, xo)
-    cx, *reduction = sch.get_loops(conv)[3:]  # below (rows, o, xo); unit reduction loops are gone
+    below = sch.get_loops(conv)[3:]  # below (rows, o, xo); unit loops are gone
+    layer, (cx, *reduction) = (below[0], below[1:]) if fusion.combine == "mean" else (None, below)
     if reduction:
         sch.reorder(*reduction, cx)
+    if layer is not None:
+        sch.unroll(layer)
     sch.vectorize(cx)
     for loop in reduction:
         sch.unroll(loop)
-    if not spec.padded:  # 1x1: pack each row just before its convolution, while X's row is still in cache
+    if spec.padded:  # KxK: bands of ROW_BAND output rows; each packs and pads its rows (+ the window's
+        # neighbours, recomputed by the next band) just before its convolutions, so X's rows are still in
+        # cache for the residual
+        outer, row = sch.split(rows, [None, ROW_BAND])
+    else:
+        outer = row = rows
+    if spec.tap_words:  # gather each row's windows just before its convolution (they stay in cache)
+        gather = sch.get_sblock("gather")
+        sch.compute_at(gather, row)
+        *_, xx = sch.get_loops(gather)
+        sch.vectorize(sch.split(xx, [None, lanes])[1])
+    if spec.padded:
+        for name in ("pad", "pack"):
+            block = sch.get_sblock(name)
+            sch.compute_at(block, outer)
+            loops = sch.get_loops(block)
+            below = loops[[sch.get(loop).same_as(sch.get(outer)) for loop in loops].index(True) + 1:]
+            if len(below) == 3:  # (plane, row, x) -> rows outside; a single plane has no loop
+                sch.reorder(below[1], below[0])
+        *_, xx = sch.get_loops(pack)
+        sch.vectorize(sch.split(xx, [None, lanes])[1])
+        if spec.words * fusion.layers > 1:
+            sch.unroll(sch.get_loops(pack)[-3])
+    else:  # 1x1: pack each row just before its convolution, while X's row is still in cache
         sch.compute_at(pack, rows)
         _vectorize_row(sch, pack, lanes)
-    sch.parallel(rows)
+    sch.parallel(outer)
     init = sch.decompose_reduction(conv, reduction[0] if reduction else cx)
     sch.vectorize(sch.get_loops(init)[-1])
     return sch.mod["main"]

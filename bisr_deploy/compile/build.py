@@ -56,7 +56,8 @@ def _layer_records(imported: ImportedModel) -> list[dict]:
             record.update(shape=[spec.batch, spec.channels, spec.height, spec.width], group=spec.group)
         elif layer.kind == "bisrconv_fused":
             record.update(shape=[spec.batch, spec.channels, spec.height, spec.width], group=spec.group,
-                          members=list(layer.members), combine=layer.combine, rprelu=layer.post)
+                          members=list(layer.members), combine=layer.fusion.combine, rprelu=layer.fusion.post,
+                          split_input=layer.fusion.split_input, residual=layer.fusion.residual)
         else:
             record.update(shape=[spec.batch, spec.in_channels, spec.height, spec.width], out_channels=spec.out_channels,
                           groups=spec.groups)

@@ -13,6 +13,9 @@ model-local functions. So:
    ``call_tir`` of the scheduled ``floatconv`` kernel. Kernel parameters become extra function parameters.
    Bilinear 2x resizes become the ``upsample`` kernel. The PreNorm pattern transpose(NCHW->NHWC) -> LayerNorm(last axis) -> transpose(NHWC->NCHW) becomes one
    LayerNorm over axis 1 of the NCHW tensor (same arithmetic, two full-tensor transposes fewer).
+   With ``bitserial=True``, BiSRNet's patterns around the BiSRConvs (pairs with their Concat or mean, the
+   RPReLU after a kernel, the block residual after a mean) become one fused kernel call each
+   (``bitserial.Fusion``, manifest kind ``bisrconv_fused``); the per-layer kernels stay in the library.
 
 Result: ``ImportedModel(mod, params, input_names, output_name, input_shapes, output_shape, layers)``;
 ``mod["main"]`` takes the ONNX graph inputs followed by ``len(params)`` weight tensors, in ``params`` order.
@@ -28,7 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import BisrError
-from .bitserial import PARAM_NAMES, BiSRConvSpec, bisrconv_primfunc, prepare_weights
+from .bitserial import PARAM_NAMES, BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
 from .floatconv import Conv2dSpec, conv2d_primfunc
 from .upsample import upsample2x_primfunc
 
@@ -53,9 +56,11 @@ class LayerInfo:
     """A kernel in the compiled module (for per-layer benchmarks): name, kind, spec, TIR function name."""
 
     name: str
-    kind: str  # "bisrconv" | "conv2d" | "upsample2x"
+    kind: str  # "bisrconv" | "bisrconv_fused" | "conv2d" | "upsample2x"
     spec: object
     func_name: str
+    members: tuple[str, ...] = ()  # bisrconv_fused: the BiSRConv nodes it computes, in order
+    fusion: Fusion = Fusion()  # bisrconv_fused: what else it computes (bitserial.bisrconv_compute)
 
 
 @dataclass
@@ -181,7 +186,8 @@ def import_onnx(model: onnx.ModelProto, lanes: int = 16, bitserial: bool = True,
     main = mod["main"]
     n_inputs = len(graph_inputs)
     onnx_params = [(p.name, np.asarray(t.numpy())) for p, t in zip(main.params[n_inputs:], detached.get("main", []))]
-    lowering = _lowering_class()(mod, nodes, lanes, bitserial, schedule_float)
+    param_values = {p.name: a for p, (_, a) in zip(main.params[n_inputs:], onnx_params)}
+    lowering = _lowering_class()(mod, nodes, lanes, bitserial, schedule_float, param_values)
     body = lowering.visit_expr(main.body)
     if lowering.next_node != len(nodes):
         raise BisrError(f"internal: lowered {lowering.next_node} of {len(nodes)} BiSRConv nodes")
@@ -189,10 +195,25 @@ def import_onnx(model: onnx.ModelProto, lanes: int = 16, bitserial: bool = True,
                               main.is_pure, main.attrs)
     out_mod = lowering.builder_.get()
     out_mod["main"] = new_main
-    out_mod = relax.transform.DeadCodeElimination(["main"])(out_mod)  # the bypassed transposes
+    out_mod = relax.transform.DeadCodeElimination(["main"])(out_mod)  # the bypassed transposes, unfused calls
+    out_mod = _without_dead_kernels(out_mod, {layer.func_name for layer in lowering.layers})
     params = onnx_params + [(v.name, a) for v, a in lowering.new_params]
     return ImportedModel(out_mod, params, [i.name for i in graph_inputs], input_shapes,
                          stripped.graph.output[0].name, output_shape, lowering.layers)
+
+
+def _without_dead_kernels(mod, keep: set[str]):
+    """``mod`` without the kernels that ``main`` no longer calls (superseded by a fused kernel), except those
+    named in ``keep``: the per-layer BiSRConv kernels stay in the library for the runtime's run_bisrconv."""
+    import tvm
+    from tvm import relax
+
+    called = set()
+    relax.analysis.post_order_visit(
+        mod["main"], lambda e: called.add(e.name_hint) if isinstance(e, tvm.ir.GlobalVar) else None)
+    out = tvm.IRModule({gv: f for gv, f in mod.functions_items()
+                        if gv.name_hint in called or gv.name_hint in keep or gv.name_hint == "main"}, attrs=mod.attrs)
+    return out
 
 
 @functools.cache
@@ -204,9 +225,11 @@ def _lowering_class():
     class Lowering(relax.PyExprMutator):
         """Replaces placeholder calls by BiSRConv lowerings and ``nn.conv2d`` by the scheduled kernel."""
 
-        def __init__(self, mod, nodes, lanes, bitserial, schedule_float):
+        def __init__(self, mod, nodes, lanes, bitserial, schedule_float, param_values):
             super().__init__(mod)
             self.nodes, self.lanes, self.bitserial, self.schedule_float = nodes, lanes, bitserial, schedule_float
+            self.param_values = param_values  # ONNX float initializers by Relax parameter name
+            self.bisr_kernels: dict[str, tuple] = {}  # kernel name -> (spec, Fusion)
             self.next_node = 0
             self.new_params: list = []
             self.layers: list[LayerInfo] = []
@@ -216,6 +239,7 @@ def _lowering_class():
             self.permute_op = tvm_op("relax.permute_dims")
             self.layer_norm_op = tvm_op("relax.nn.layer_norm")
             self.resize_op = tvm_op("relax.image.resize2d")
+            self.ops = {name: tvm_op(f"relax.{name}") for name in ("concat", "divide", "add", "split", "nn.prelu")}
 
         def _param(self, name, array):
             var = relax.Var(name, relax.TensorType(array.shape, str(array.dtype)))
@@ -231,6 +255,10 @@ def _lowering_class():
             call = self.visit_expr_post_order(call)
             if call.op.same_as(self.placeholder):
                 return self._bisrconv(call)
+            if self.bitserial:
+                fused = self._fuse(call)
+                if fused is not None:
+                    return fused
             if call.op.same_as(self.permute_op):
                 fused = self._channel_layer_norm(call)
                 if fused is not None:
@@ -295,8 +323,127 @@ def _lowering_class():
             args = [self._param(f"{node.name}.{k}", v) for k, v in params.items()]
             name = "bisrconv_" + "x".join(str(v) for v in (spec.channels, spec.height, spec.width, *spec.kernel, spec.group))
             gv = self._kernel(("bisrconv", spec), lambda: bisrconv_primfunc(spec, self.lanes), name)
+            self.bisr_kernels[name] = (spec, Fusion())
             self.layers.append(LayerInfo(node.name, "bisrconv", spec, name))
             return relax.call_tir(gv, [x, *args], relax.TensorType(shape, "float32"))
+
+        # ---- Fusion of BiSRNet's operator patterns around the BiSRConvs into one kernel call each (the
+        # unfused calls become dead and are removed; see bitserial.bisrconv_compute for the arithmetic). ----
+
+        def _bisr_call(self, expr, fusion=Fusion()):
+            """(spec, inputs, params, extras) if ``expr`` is bound to a call of our kernel with this fusion, else
+            None. inputs: the X tensor(s); params: the layers' PARAM_NAMES vars; extras: R, post parameters."""
+            bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+            if not (isinstance(bound, relax.Call) and isinstance(bound.args[0], relax.GlobalVar)):
+                return None
+            meta = self.bisr_kernels.get(bound.args[0].name_hint)
+            if meta is None or meta[1] != fusion:
+                return None
+            args = list(bound.args[1].fields)
+            n_x, n_p = 1 + fusion.split_input, len(PARAM_NAMES) * fusion.layers
+            return meta[0], args[:n_x], args[n_x:n_x + n_p], args[n_x + n_p:]
+
+        def _fused_call(self, spec, fusion, args):
+            dims = "x".join(str(v) for v in (spec.channels, spec.height, spec.width, *spec.kernel, spec.group))
+            name = f"bisrconv_{dims}{fusion.suffix}"
+            gv = self._kernel(("bisrconv", spec, fusion), lambda: bisrconv_primfunc(spec, self.lanes, fusion), name)
+            self.bisr_kernels[name] = (spec, fusion)
+            members = tuple(a.name.rsplit(".", 1)[0] for a in args if a.name.endswith(".wwords"))
+            self.layers = [layer for layer in self.layers if layer.kind != "bisrconv_fused" or layer.members != members]
+            self.layers.append(LayerInfo(name, "bisrconv_fused", spec, name, members, fusion))
+            out = [spec.batch, fusion.output_channels(spec), spec.height, spec.width]
+            return relax.call_tir(gv, args, relax.TensorType(out, "float32"))
+
+        def _fuse(self, call):
+            """Each pattern of BiSRNet around the BiSRConvs -> one kernel (``bitserial.Fusion``); None if
+            ``call`` completes none. The kernel calls it supersedes become dead code."""
+            op = call.op
+            if op.same_as(self.ops["concat"]):
+                return self._fuse_concat(call)
+            if op.same_as(self.ops["divide"]):
+                return self._fuse_mean(call)
+            if op.same_as(self.ops["add"]):
+                fused = self._fuse_residual(call)
+                return self._fuse_rprelu(call) if fused is None else fused
+            return None
+
+        def _fuse_concat(self, call):
+            """Concat((B1(X), B2(X)), axis=1), B1, B2 of the same shape -> ``concat`` kernel."""
+            parts = call.args[0]
+            if int(call.attrs.axis) != 1 or not isinstance(parts, relax.Tuple) or len(parts.fields) != 2:
+                return None
+            a, b = (self._bisr_call(f) for f in parts.fields)
+            if a and b and a[0] == b[0] and a[1][0].same_as(b[1][0]):
+                return self._fused_call(a[0], Fusion("concat"), [a[1][0], *a[2], *b[2]])
+            return None
+
+        def _fuse_mean(self, call):
+            """(B1(X[:, :C]) + B2(X[:, C:])) / 2 (a Split in two along axis 1, an Add, a Div by the constant 2)
+            -> ``mean`` kernel; if X is Concat((X1, X2), axis=1) of two C-channel tensors, it reads X1, X2."""
+            if not isinstance(call.args[1], relax.Var):
+                return None
+            divisor = self.param_values.get(call.args[1].name)
+            total = self._producer(call.args[0], self.ops["add"])
+            if divisor is None or divisor.size != 1 or float(divisor.reshape(())) != 2.0 or total is None:
+                return None
+            a, b = (self._bisr_call(arg) for arg in total.args)
+            if not (a and b and a[0] == b[0]):
+                return None
+            spec = a[0]
+            halves = [self.lookup_binding(h[1][0]) if isinstance(h[1][0], relax.Var) else None for h in (a, b)]
+            if not all(isinstance(h, relax.TupleGetItem) for h in halves) or [h.index for h in halves] != [0, 1]:
+                return None
+            if not halves[0].tuple_value.same_as(halves[1].tuple_value):
+                return None
+            split = self._producer(halves[0].tuple_value, self.ops["split"])
+            # Both halves have C channels (their kernels' spec), the whole 2C: the split is [0:C], [C:2C].
+            if split is None or int(split.attrs.axis) != 1 or int(split.args[0].ty.shape[1]) != 2 * spec.channels:
+                return None
+            x = split.args[0]
+            concat = self._producer(x, self.ops["concat"])
+            if (concat is not None and int(concat.attrs.axis) == 1 and isinstance(concat.args[0], relax.Tuple)
+                    and [int(f.ty.shape[1]) for f in concat.args[0].fields] == [spec.channels] * 2):
+                return self._fused_call(spec, Fusion("mean", split_input=True), [*concat.args[0].fields, *a[2], *b[2]])
+            return self._fused_call(spec, Fusion("mean"), [x, *a[2], *b[2]])
+
+        def _fuse_residual(self, call):
+            """Add(M, R), M a ``mean`` kernel's result, R of its shape (BiSRNet's block(x) + x) -> the kernel
+            with ``+ R`` (in that operand order)."""
+            for split_input in (False, True):
+                kernel = self._bisr_call(call.args[0], Fusion("mean", split_input=split_input))
+                if kernel is None:
+                    continue
+                spec, xs, params, _ = kernel
+                r = call.args[1]
+                if not isinstance(r.ty, relax.TensorType) or r.ty.dtype != "float32" or \
+                        [int(d) for d in r.ty.shape] != [spec.batch, spec.channels, spec.height, spec.width]:
+                    return None
+                return self._fused_call(spec, Fusion("mean", split_input=split_input, residual=True), [*xs, *params, r])
+            return None
+
+        def _fuse_rprelu(self, call):
+            """Add(PRelu(Add(K, bias_in), slope), bias_out) over channels, K a ``single`` or ``concat`` kernel's
+            result -> the same kernel with the RPReLU in its epilogue."""
+            prelu = self._producer(call.args[0], self.ops["nn.prelu"])
+            if prelu is None or int(prelu.attrs.axis) != 1:
+                return None
+            inner = self._producer(prelu.args[0], self.ops["add"])
+            if inner is None:
+                return None
+            for fusion in (Fusion(), Fusion("concat")):
+                kernel = self._bisr_call(inner.args[0], fusion)
+                if kernel is not None:
+                    break
+            else:
+                return None
+            spec, xs, params, _ = kernel
+            c_out = fusion.output_channels(spec)
+            posts = [inner.args[1], prelu.args[1], call.args[1]]
+            if any(not isinstance(p.ty, relax.TensorType) or p.ty.dtype != "float32"
+                   or [int(d) for d in p.ty.shape] not in ([c_out], [1, c_out, 1, 1], [c_out, 1, 1]) for p in posts):
+                return None
+            posts = [self.builder_.emit(relax.op.reshape(p, (c_out,))) for p in posts]
+            return self._fused_call(spec, Fusion(fusion.combine, post=True), [*xs, *params, *posts])
 
         def _conv2d(self, call):
             attrs = call.attrs

@@ -3,9 +3,12 @@
 ``profile_calls(imported, target)`` runs the same Relax lowering as the build (legalise, fuse), lists the
 ``call_tir`` calls of ``main`` in execution order with their argument shapes, compiles those TIR functions
 for ``target`` and times each call on random inputs (median of ``repeat`` runs, in the current thread pool).
-The result rows are ``{"call": k, "function": name, "kind": ..., "ms": ...}``; their sum approximates the
-network's latency minus the VM's own overhead. Kinds: ``bisrconv``, ``conv2d`` and ``upsample2x`` (our
-scheduled kernels), ``fused`` (TVM-legalised and fused standard ops).
+The result rows are ``{"call": k, "function": name, "kind": ..., "bisrconvs": n, "ms": ...}`` (n: how many
+BiSRConv nodes the call computes: 2 for a fused pair, 0 for other kernels); their sum approximates the
+network's latency minus the VM's own overhead and minus cache misses (each call repeats on warm buffers;
+inside the network its inputs and outputs are mostly not in cache, so calls take longer there). Kinds:
+``bisrconv`` (also the fused ones), ``conv2d`` and ``upsample2x`` (our scheduled kernels), ``fused``
+(TVM-legalised and fused standard ops).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def profile_calls(imported: ImportedModel, target: CompileTarget, repeat: int = 
 
     tir_mod, calls = lowered_calls(imported, target)
     lib = tvm.compile(tir_mod, target=target.tvm_target)
+    members = {layer.func_name: len(layer.members) for layer in imported.layers if layer.kind == "bisrconv_fused"}
+    members.update({layer.func_name: 1 for layer in imported.layers if layer.kind == "bisrconv"})
     rng = np.random.default_rng(0)
     rows = []
     for k, (name, shapes) in enumerate(calls):
@@ -67,7 +72,8 @@ def profile_calls(imported: ImportedModel, target: CompileTarget, repeat: int = 
             times.append(time.perf_counter() - start)
         attrs = tir_mod[name].attrs
         kind = name.split("_", 1)[0] if attrs and KERNEL_ATTR in attrs else "fused"
-        rows.append({"call": k, "function": name, "kind": kind, "ms": float(np.median(times) * 1e3)})
+        rows.append({"call": k, "function": name, "kind": kind, "bisrconvs": members.get(name, 0),
+                     "ms": float(np.median(times) * 1e3)})
     return rows
 
 
@@ -77,3 +83,37 @@ def summarize(rows: list[dict]) -> dict[str, float]:
     for row in rows:
         out[row["kind"]] = out.get(row["kind"], 0.0) + row["ms"]
     return out
+
+
+def network_calls(model, measurement: np.ndarray, mask: np.ndarray | None = None, repeat: int = 5) -> list[dict]:
+    """Every kernel call of a loaded artifact (``runtime.CompiledModel``) timed **inside** the network run on
+    (measurement, mask), through the Relax VM's instrument hook (``model.set_instrument``): inputs and outputs are
+    where the network leaves them (mostly not in cache), unlike ``profile_calls``. Rows
+    ``{"call": k, "function": name, "kind": ..., "ms": ...}`` from the fastest of ``repeat`` runs; VM builtins
+    (allocation, reshape views) are left out (together well under 1 ms)."""
+    runs = []
+    current: list = []
+    start = [0.0]
+
+    def instrument(_func, name, before_run, _ret, *_args):
+        now = time.perf_counter()
+        if before_run:
+            start[0] = now
+        elif not name.startswith("vm.builtin."):
+            current.append((name, now - start[0]))
+        return 0
+
+    model(measurement, mask)
+    model.set_instrument(instrument)
+    try:
+        for _ in range(repeat):
+            current.clear()
+            begin = time.perf_counter()
+            model(measurement, mask)
+            runs.append((time.perf_counter() - begin, list(current)))
+    finally:
+        model.set_instrument(None)
+    _, calls = min(runs, key=lambda run: run[0])
+    kinds = {layer["function"]: layer["kind"].split("_")[0] for layer in model.manifest["layers"]}
+    return [{"call": k, "function": name, "kind": kinds.get(name, "fused"), "ms": seconds * 1e3}
+            for k, (name, seconds) in enumerate(calls)]
