@@ -302,9 +302,10 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
                             tirx.Select(last, param("table", l, o, row_class, 2), param("table", l, o, row_class, 0)))
         acc = bound - 2 * mismatches[n, l, o, y, xx]
         # TVM's LLVM backend contracts a float32 multiply-add into an FMA (one rounding instead of the
-        # contract's two). scale·acc is exact in float64 (24-bit × |acc| < 2^29) and its narrowing
-        # equals the float32 product, which LLVM cannot fuse with the following float32 add.
-        s = (param("weight_scale", l, o).astype("float64") * acc.astype("float64")).astype("float32")
+        # contract's two); llvm.arithmetic.fence keeps the rounded product weight_scale·float32(acc) (the
+        # contract's step 4) apart from the following add.
+        s = tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence",
+                                       param("weight_scale", l, o) * acc.astype("float32"))
         t = s + param("rprelu_bias_in", l, o)
         r = tirx.Select(t > zero_f, t, param("rprelu_slope", l, o) * t) + param("rprelu_bias_out", l, o)
         return x_at(n, l, o, y, xx) + r
