@@ -17,6 +17,7 @@ The backward pass of Sign uses one of the approximations of Eq. 4/5 (``sign_appr
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -386,3 +387,12 @@ class BiSRNet(nn.Module):
     def bisr_convs(self) -> dict[str, BiSRConv]:
         """Every BiSR-Conv by qualified name, in forward order of construction."""
         return {name: m for name, m in self.named_modules() if isinstance(m, BiSRConv)}
+
+
+def with_negative_sign(model: BiSRNet) -> BiSRNet:
+    """A copy of ``model`` in eval mode that binarizes with Sign(0) = -1, the convention of every 1-bit path."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if hasattr(module, "sign_zero"):
+            module.sign_zero = "negative"
+    return model.eval()

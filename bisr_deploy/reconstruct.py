@@ -46,6 +46,23 @@ def validate_inputs(measurement: np.ndarray, mask: np.ndarray | None, mode: str,
 
 
 @torch.no_grad()
+def bisr_conv_io(model: BiSRNet, measurement: np.ndarray, mask: np.ndarray | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{BiSR-Conv name: (its input X, its output Y)}, each [1, C, H, W] float32, from one forward pass of
+    ``model`` on a raw snapshot [H, W'] (+ mask [H, W])."""
+    measurement, mask = validate_inputs(measurement, mask, model.mode, model.n_bands)
+    captured = {}
+    hooks = [conv.register_forward_hook(lambda m, args, out, name=name: captured.__setitem__(name, (args[0], out)))
+             for name, conv in model.bisr_convs().items()]
+    try:
+        frontend = SnapshotFrontend(model.mode, model.n_bands)
+        model(*frontend(torch.from_numpy(measurement)[None], None if mask is None else torch.from_numpy(mask)[None]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+@torch.no_grad()
 def reconstruct(model: BiSRNet, measurement: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Raw snapshot [H, W'] (+ mask [H, W]) -> cube float32 [C, H, W]."""
     measurement, mask = validate_inputs(measurement, mask, model.mode, model.n_bands)

@@ -100,13 +100,6 @@ class CompiledModel:
         self._vm = relax.VirtualMachine(library, tvm.cpu())
         self._params = params
         self._tvm = tvm
-        inputs = manifest["inputs"]
-        self.measurement_shape = tuple(inputs[0]["shape"][1:])
-        self.mask_shape = tuple(inputs[1]["shape"][1:]) if len(inputs) > 1 else None
-        self.output_shape = tuple(manifest["output"]["shape"][1:])
-
-    def _inputs(self, measurement, mask) -> list[np.ndarray]:
-        return artifact_inputs(self.manifest, measurement, mask)
 
     def run_raw(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Run the VM on already validated [1, ...] float32 input arrays; returns [1, C, H, W]."""
@@ -114,7 +107,7 @@ class CompiledModel:
         return self._vm["main"](*tensors, *self._params).numpy()
 
     def __call__(self, measurement: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        return self.run_raw(self._inputs(measurement, mask))[0].astype(np.float32, copy=False)
+        return self.run_raw(artifact_inputs(self.manifest, measurement, mask))[0].astype(np.float32, copy=False)
 
     def set_instrument(self, hook) -> None:
         """Install (None: remove) a Relax VM instrument hook, called around every VM call as

@@ -20,7 +20,7 @@ operators (docs/custom-ops.md); the authors' ``torch.sign`` differs from it only
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ from .checkpoint import Checkpoint
 from .errors import BisrError
 from .fileio import ARRAY_SUFFIXES, load_array
 from .metrics import psnr, ssim
-from .reconstruct import reconstruct
+from .model import with_negative_sign
+from .reconstruct import bisr_conv_io, reconstruct
 
 MAX_MEAN_PSNR_GAP_DB = 0.1
 MAX_SCENE_PSNR_GAP_DB = 0.3
@@ -101,11 +102,6 @@ class Report:
             "layer_rtol": LAYER_RTOL, "torch_reference": "sign_zero=negative (Sign(0) = -1)",
         }
         return out
-
-
-def reference_checkpoint(ckpt: Checkpoint) -> Checkpoint:
-    """The checkpoint with the deploy path's sign convention, Sign(0) = -1."""
-    return Checkpoint(replace(ckpt.config, sign_zero="negative"), ckpt.state_dict, ckpt.training, ckpt.provenance)
 
 
 def crop_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -208,7 +204,7 @@ def judge(report: Report) -> None:
 
 
 def torch_outputs(ckpt: Checkpoint, scenes: list[Scene]) -> list[np.ndarray]:
-    model = reference_checkpoint(ckpt).build_model()
+    model = with_negative_sign(ckpt.build_model())
     return [reconstruct(model, s.measurement, s.mask) for s in scenes]
 
 
@@ -220,25 +216,6 @@ def timed_outputs(run, scenes: list[Scene]) -> tuple[list[np.ndarray], list[floa
         outputs.append(run(s.measurement, s.mask))
         latencies.append((time.perf_counter() - start) * 1e3)
     return outputs, latencies
-
-
-def torch_layer_io(ckpt: Checkpoint, scene: Scene) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{BiSR-Conv name: (input X, output Y)} of the reference PyTorch model, [1, C, H, W] float32 each."""
-    from .frontend import SnapshotFrontend
-
-    model = reference_checkpoint(ckpt).build_model()
-    captured = {}
-    hooks = [conv.register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, (i[0].numpy().copy(), o.numpy().copy())))
-             for name, conv in model.bisr_convs().items()]
-    try:
-        frontend = SnapshotFrontend(model.mode, model.n_bands)
-        mask = torch.from_numpy(scene.mask)[None] if scene.mask is not None else None
-        with torch.no_grad():
-            model(*frontend(torch.from_numpy(scene.measurement)[None], mask))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return captured
 
 
 def agreement(out: np.ndarray, ref: np.ndarray) -> float:
@@ -253,7 +230,8 @@ def layer_agreement(artifact, manifest: dict, ckpt: Checkpoint, scene: Scene | N
 
     if scene is None:
         return {}
-    io = torch_layer_io(ckpt, scene)
+    io = {name: (x.numpy(), y.numpy()) for name, (x, y) in
+          bisr_conv_io(with_negative_sign(ckpt.build_model()), scene.measurement, scene.mask).items()}
     names = [layer["name"] for layer in manifest.get("layers", []) if layer.get("kind") == "bisrconv"]
     missing = sorted(set(io) - set(names))
     if missing:

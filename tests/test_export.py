@@ -14,8 +14,8 @@ from bisr_deploy.errors import BisrError
 from bisr_deploy.export import export_onnx, save_onnx, strip_custom_ops
 from bisr_deploy.export.bisr_op import DOMAIN, OP_TYPE
 from bisr_deploy.export.clean import inference_problems
-from bisr_deploy.export.parity import (layer_parity, ort_session, run_onnx, scene_parity, single_op_model,
-                                       with_negative_sign)
+from bisr_deploy.export.parity import layer_parity, ort_session, run_onnx, scene_parity, single_op_model
+from bisr_deploy.model import with_negative_sign
 from bisr_deploy.fileio import load_array
 from bisr_deploy.frontend import SnapshotFrontend
 from bisr_deploy.metrics import psnr

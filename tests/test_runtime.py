@@ -253,7 +253,7 @@ def test_run_single_bisrconv_layer(built):
     import torch
 
     from bisr_deploy.checkpoint import load_checkpoint
-    from bisr_deploy.export.parity import with_negative_sign
+    from bisr_deploy.model import with_negative_sign
     from bisr_deploy.runtime import load
 
     compiled = load(built)

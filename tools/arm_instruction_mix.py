@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bisr_deploy import instruction_mix as im  # noqa: E402
+from bisr_deploy.compile.targets import cpu_model_name  # noqa: E402
 from bisr_deploy.errors import BisrError  # noqa: E402
 from bisr_deploy.fileio import atomic_output  # noqa: E402
 
@@ -33,13 +34,7 @@ DEFAULT_X86 = ("znver4", "haswell")
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {platform.system()} {platform.machine()}"
+    return f"{cpu_model_name()}, {platform.system()} {platform.machine()}"
 
 
 def artifact_mix(artifact: Path, shapes, rows) -> dict:

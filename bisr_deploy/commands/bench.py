@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..compile.targets import cpu_model_name
 from ..errors import BisrError
 from ..fileio import atomic_output
 
@@ -33,17 +34,6 @@ def _inputs(height: int, width: int, mode: str, seed: int = 0):
     mask = (rng.random((height, width)) > 0.5).astype(np.float32)
     y = simulate_snapshot(torch.from_numpy(cube)[None], torch.from_numpy(mask))[0].numpy()
     return y, (mask if mode == "sim" else None)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 @click.command("bench")
@@ -86,7 +76,7 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
     feeds = {"measurement": y[None]} | ({"mask": mask[None]} if mask is not None else {})
     cores = all_cores()
     thread_counts = [1] + ([cores] if cores > 1 else [])
-    report = {"machine": {"cpu": _cpu_name(), "cores": cores, "platform": platform.platform()},
+    report = {"machine": {"cpu": cpu_model_name(), "cores": cores, "platform": platform.platform()},
               "size": [height, width], "mode": torch_model.mode, "target": target.tvm_target,
               "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), "results": []}
 

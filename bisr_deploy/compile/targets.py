@@ -54,18 +54,30 @@ def _llvm_features(target_dict: dict) -> set[str]:
     return set(codegen.llvm_get_cpu_features(Target(target_dict)))
 
 
+def _cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name`` line of ``/proc/cpuinfo``; None where there is none."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def host_cpu_flags() -> set[str]:
     """The instruction-set flags of this machine (``/proc/cpuinfo``); empty where that file does not exist."""
     if _is_aarch64():
         return aarch64_cpu_flags()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_model_name() -> str:
+    """This machine's CPU model, as /proc/cpuinfo names it (else what ``platform`` knows), for reports."""
+    import platform
+
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None = None,

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +19,9 @@ import torch
 from onnx import TensorProto, helper
 
 from ..cassi import simulate_snapshot
-from ..frontend import SnapshotFrontend
 from ..metrics import psnr
-from ..model import BiSRNet
-from ..reconstruct import reconstruct, validate_inputs
+from ..model import BiSRNet, with_negative_sign
+from ..reconstruct import bisr_conv_io, reconstruct
 from .bisr_op import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, bisr_conv_function, bisr_conv_initializers, bisr_conv_node
 from .exporter import IR_VERSION
 
@@ -43,15 +41,6 @@ def run_onnx(session: ort.InferenceSession, measurement: np.ndarray, mask: np.nd
     if mask is not None:
         feeds["mask"] = np.asarray(mask, dtype=np.float32)[None]
     return session.run(["cube"], feeds)[0][0]
-
-
-def with_negative_sign(model: BiSRNet) -> BiSRNet:
-    """A copy of ``model`` that binarizes with Sign(0) = -1, the convention of the ``ai.bisr`` op."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if hasattr(module, "sign_zero"):
-            module.sign_zero = "negative"
-    return model.eval()
 
 
 @dataclass
@@ -86,18 +75,8 @@ def single_op_model(module, name: str, shape: tuple[int, ...]) -> onnx.ModelProt
 def layer_parity(model: BiSRNet, measurement: np.ndarray, mask: np.ndarray | None = None) -> list[LayerParity]:
     """Per-BiSRConv parity on the activations of one real input (raw snapshot [H, W+54], mask [H, W])."""
     reference = with_negative_sign(model)
-    measurement, mask = validate_inputs(measurement, mask, reference.mode, reference.n_bands)
-    inputs: dict[str, torch.Tensor] = {}
     convs = reference.bisr_convs()
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: inputs.__setitem__(name, args[0].clone()))
-             for name, m in convs.items()]
-    try:
-        h, mask3d = SnapshotFrontend(reference.mode, reference.n_bands)(
-            torch.from_numpy(measurement)[None], None if mask is None else torch.from_numpy(mask)[None])
-        reference(h, mask3d)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    inputs = {name: x for name, (x, _) in bisr_conv_io(reference, measurement, mask).items()}
     rows = []
     for name, module in convs.items():
         x = inputs[name]
