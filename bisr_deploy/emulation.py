@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifact import Manifest, read_manifest
 from .cross import SETUP_HINT, require_tool
 from .errors import BisrError
+from .hostcpu import host_arch, triple_arch
 
 ENV_VAR = "BISR_ARM_ENV"
 QEMU = "qemu-aarch64"
@@ -149,10 +150,9 @@ for j, name in enumerate(json.load(open(f"{{work}}/layers.json"))):
 """
 
 
-def is_foreign(manifest: dict) -> bool:
+def is_foreign(manifest: Manifest) -> bool:
     """True when the artifact's code is aarch64 and this machine is not (so it must run under emulation)."""
-    arch = manifest["target"].get("triple", "").split("-")[0]
-    return arch == "aarch64" and platform.machine() not in ("aarch64", "arm64")
+    return triple_arch(manifest.target.triple) == "aarch64" and host_arch() != "aarch64"
 
 
 def run_emulated(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np.ndarray | None]],
@@ -170,7 +170,7 @@ def run_emulated(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np
     from . import runtime
 
     directory = Path(directory).resolve()
-    manifest = runtime.read_manifest(directory)
+    manifest = read_manifest(directory)
     layer_inputs = layer_inputs or {}
     env = env or load_env()
     with tempfile.TemporaryDirectory(prefix="bisr-emulated-") as tmp:
@@ -178,7 +178,7 @@ def run_emulated(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np
         # Only bisr_deploy joins the guest's path: the host's site-packages holds x86_64 builds.
         (tmp / "path").mkdir()
         (tmp / "path" / "bisr_deploy").symlink_to(Path(__file__).resolve().parent)
-        n_inputs = len(manifest["inputs"])
+        n_inputs = len(manifest.inputs)
         for k, (measurement, mask) in enumerate(inputs):
             for i, array in enumerate(runtime.artifact_inputs(manifest, measurement, mask)):
                 np.save(tmp / f"in{k}_{i}.npy", array)

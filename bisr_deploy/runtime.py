@@ -1,4 +1,4 @@
-"""Load and run a compiled artifact (written by ``bisr_deploy.compile.build``).
+"""Load and run a compiled artifact (format: ``bisr_deploy.artifact``; written by ``bisr_deploy.compile.build``).
 
 ``load(DIR)`` checks the artifact before it runs any of its code: manifest format and version, the size and
 sha256 of every file it lists (a tampered or truncated file is refused), and the CPU features the code was
@@ -9,77 +9,32 @@ compiled for against this machine. It returns a ``CompiledModel``:
 with the same interface as the exported ONNX graph (inputs ``measurement`` [1, H, W+54], ``mask`` [1, H, W]
 for simulation-mode models; output ``cube`` [1, 28, H, W]), and ``model.run_bisrconv(name, x)``, which runs
 one compiled BiSRConv kernel alone (per-layer parity checks). Every refusal is a ``BisrError``.
+
+Needs numpy and TVM's runtime only: it imports nothing of the compiler, the exporter or the trainer, nor torch,
+onnx or onnxruntime (tests/test_runtime.py checks), so an app or a board installs it without the toolchain.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from . import artifact
+from .artifact import Manifest
 from .errors import BisrError
-
-FORMAT_NAME = "bisr-deploy-artifact"
-FORMAT_VERSION = 1
-LIBRARY = "model.so"
-PARAMS = "params.npz"
-MANIFEST = "manifest.json"
+from .hostcpu import check_runnable
+from .snapshot import validate_inputs
 
 
-def read_manifest(directory: str | os.PathLike) -> dict:
-    """The parsed, format-checked manifest of the artifact in ``directory``."""
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not directory.is_dir():
-        raise BisrError(f"{directory}: not a directory (an artifact is a directory made by `bisr-deploy compile`)")
-    if not path.is_file():
-        raise BisrError(f"{directory}: no {MANIFEST}; not a bisr-deploy artifact")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BisrError(f"{path}: unreadable or corrupt manifest ({exc.__class__.__name__})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise BisrError(f"{path}: not a {FORMAT_NAME} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BisrError(f"{path}: artifact format version {manifest.get('format_version')!r} is not supported "
-                        f"(expected {FORMAT_VERSION})")
-    for key in ("inputs", "output", "target", "files", "params", "mode"):
-        if key not in manifest:
-            raise BisrError(f"{path}: manifest lacks {key!r}")
-    return manifest
-
-
-def verify_files(directory: str | os.PathLike, manifest: dict) -> None:
-    """Every listed file exists with the recorded size and sha256. Raises ``BisrError``."""
-    from .fileio import file_sha256
-
-    directory = Path(directory)
-    for name in (LIBRARY, PARAMS):
-        if name not in manifest["files"]:
-            raise BisrError(f"{directory}: manifest does not list {name}")
-    for name, record in manifest["files"].items():
-        path = directory / name
-        if os.path.basename(name) != name or not path.is_file():
-            raise BisrError(f"{directory}: missing artifact file {name}")
-        size = path.stat().st_size
-        if size != record.get("bytes"):
-            raise BisrError(f"{path}: {size} bytes, the manifest says {record.get('bytes')} (truncated or replaced)")
-        if file_sha256(path) != record.get("sha256"):
-            raise BisrError(f"{path}: sha256 does not match the manifest (the file was modified)")
-
-
-def artifact_inputs(manifest: dict, measurement, mask) -> list[np.ndarray]:
+def artifact_inputs(manifest: Manifest, measurement, mask) -> list[np.ndarray]:
     """Validate a measurement (and mask) against the artifact's interface; return its [1, ...] float32 inputs."""
-    from .reconstruct import validate_inputs
-
-    inputs = manifest["inputs"]
-    measurement_shape = tuple(inputs[0]["shape"][1:])
-    has_mask = len(inputs) > 1
+    measurement_shape = tuple(manifest.inputs[0].shape[1:])
+    has_mask = len(manifest.inputs) > 1
     if mask is not None and not has_mask:
         raise BisrError("this is a real-mode artifact: it takes no mask")
-    measurement, mask = validate_inputs(measurement, mask, manifest["mode"], n_bands=manifest["output"]["shape"][1])
+    measurement, mask = validate_inputs(measurement, mask, manifest.mode, n_bands=manifest.output.shape[1])
     if measurement.shape != measurement_shape:
         raise BisrError(f"this artifact was compiled for snapshots {measurement_shape[0]} x "
                         f"{measurement_shape[1]}, got {measurement.shape[0]} x {measurement.shape[1]}")
@@ -89,13 +44,13 @@ def artifact_inputs(manifest: dict, measurement, mask) -> list[np.ndarray]:
 class CompiledModel:
     """A loaded artifact. ``model(measurement, mask=None)`` -> cube float32 [C, H, W]."""
 
-    def __init__(self, directory: Path, manifest: dict, library, params: list):
+    def __init__(self, directory: Path, manifest: Manifest, library, params: list):
         import tvm
         from tvm import relax
 
         self.directory = directory
         self.manifest = manifest
-        self.mode = manifest["mode"]
+        self.mode = manifest.mode
         self._library = library
         self._vm = relax.VirtualMachine(library, tvm.cpu())
         self._params = params
@@ -116,23 +71,21 @@ class CompiledModel:
 
     def bisrconv_layers(self) -> list[str]:
         """Names (ONNX node = PyTorch module path) of the compiled BiSRConvs, in graph order."""
-        return [layer["name"] for layer in self.manifest["layers"] if layer["kind"] == "bisrconv"]
+        return [layer.name for layer in self.manifest.bisrconv_layers()]
 
     def run_bisrconv(self, name: str, x: np.ndarray) -> np.ndarray:
         """Run the compiled kernel of BiSRConv ``name`` alone, with the artifact's own weights, on x float32
         [1, C, H, W] (that layer's input shape) -> Y float32 [1, C, H, W] (docs/custom-ops.md semantics)."""
-        from .compile.bitserial import PARAM_NAMES
-
-        layer = next((entry for entry in self.manifest["layers"] if entry["kind"] == "bisrconv" and entry["name"] == name), None)
+        layer = self.manifest.layer(name)
         if layer is None:
             raise BisrError(f"{self.directory}: no BiSRConv named {name!r}")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if list(x.shape) != layer["shape"]:
-            raise BisrError(f"BiSRConv {name} takes input {layer['shape']}, got {list(x.shape)}")
-        index = {param: i for i, param in enumerate(self.manifest["params"])}
-        params = [self._params[index[f"{name}.{param}"]] for param in PARAM_NAMES]
+        if list(x.shape) != layer.shape:
+            raise BisrError(f"BiSRConv {name} takes input {layer.shape}, got {list(x.shape)}")
+        index = {param: i for i, param in enumerate(self.manifest.params)}
+        params = [self._params[index[param]] for param in layer.param_names]
         out = self._tvm.runtime.empty(x.shape, "float32")
-        self._library.get_function(layer["function"], query_imports=True)(self._tvm.runtime.tensor(x), *params, out)
+        self._library.get_function(layer.function, query_imports=True)(self._tvm.runtime.tensor(x), *params, out)
         return out.numpy()
 
 
@@ -159,25 +112,17 @@ def set_num_threads(n: int) -> None:
 
 def load(directory: str | os.PathLike) -> CompiledModel:
     """Verify and load the artifact in ``directory`` (see module docstring). Raises ``BisrError``."""
-    from .compile.targets import check_runnable
-
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    verify_files(directory, manifest)
+    manifest = artifact.read_manifest(directory)
+    artifact.verify_files(directory, manifest)
     default_threads()
-    target = manifest["target"]
-    check_runnable(target.get("required_cpu_features", []), f"{directory} (compiled for cpu {target.get('cpu')})")
-    if target.get("triple", "").split("-")[0] != os.uname().machine:
-        raise BisrError(f"{directory} was compiled for {target.get('triple')}, this machine is {os.uname().machine}")
+    target = manifest.target
+    check_runnable(target.triple, target.required_cpu_features, f"{directory} (compiled for cpu {target.cpu})")
     import tvm
 
+    params = artifact.read_params(directory, manifest)
     try:
-        with np.load(directory / PARAMS, allow_pickle=False) as npz:
-            params = [npz[f"p{i:04d}"] for i in range(len(manifest["params"]))]
-    except (OSError, KeyError, ValueError) as exc:
-        raise BisrError(f"{directory / PARAMS}: cannot read the parameters ({exc})") from exc
-    try:
-        library = tvm.runtime.load_module(str(directory / LIBRARY))
+        library = tvm.runtime.load_module(str(directory / artifact.LIBRARY))
     except Exception as exc:
-        raise BisrError(f"{directory / LIBRARY}: cannot load the compiled library ({str(exc).splitlines()[0]})") from exc
+        raise BisrError(f"{directory / artifact.LIBRARY}: cannot load the compiled library ({str(exc).splitlines()[0]})") from exc
     return CompiledModel(directory, manifest, library, [tvm.runtime.tensor(p) for p in params])

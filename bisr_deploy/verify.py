@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .artifact import Manifest
 from .cassi import simulate_snapshot
 from .checkpoint import Checkpoint
 from .errors import BisrError
@@ -224,7 +225,7 @@ def agreement(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(np.abs(out - ref) <= tol))
 
 
-def layer_agreement(artifact, manifest: dict, ckpt: Checkpoint, scene: Scene | None) -> dict[str, float]:
+def layer_agreement(artifact, manifest: Manifest, ckpt: Checkpoint, scene: Scene | None) -> dict[str, float]:
     """Run every BiSR-Conv of the artifact on PyTorch's input for that layer (captured on ``scene``)."""
     from . import emulation, runtime
 
@@ -232,7 +233,7 @@ def layer_agreement(artifact, manifest: dict, ckpt: Checkpoint, scene: Scene | N
         return {}
     io = {name: (x.numpy(), y.numpy()) for name, (x, y) in
           bisr_conv_io(with_negative_sign(ckpt.build_model()), scene.measurement, scene.mask).items()}
-    names = [layer["name"] for layer in manifest.get("layers", []) if layer.get("kind") == "bisrconv"]
+    names = [layer.name for layer in manifest.bisrconv_layers()]
     missing = sorted(set(io) - set(names))
     if missing:
         raise BisrError(f"the artifact has no BiSR-Conv named {missing[0]} (and {len(missing) - 1} more): "

@@ -13,7 +13,8 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from bisr_deploy.compile.bitserial import PARAM_NAMES, BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
+from bisr_deploy.artifact import BISRCONV_PARAMS
+from bisr_deploy.compile.bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
 from bisr_deploy.compile.floatconv import Conv2dSpec, conv2d_primfunc
 from bisr_deploy.compile.onnx_import import kernel_params, split_custom_ops
 from bisr_deploy.compile.targets import resolve_target
@@ -116,7 +117,7 @@ def test_fused_kernels_bit_exact(c, h, w, ks, group):
         x, i["redist_scale"], i["redist_bias"], signs, i["weight_scale"], i["rprelu_bias_in"], i["rprelu_slope"],
         i["rprelu_bias_out"], (p,) * 4, group).astype(np.float32)
     for fusion in FUSIONS:
-        args = params[:len(PARAM_NAMES) * fusion.layers]
+        args = params[:len(BISRCONV_PARAMS) * fusion.layers]
         if fusion.combine == "single":
             xs, want = [x1], layer(x1, i1, s1)
         elif fusion.combine == "concat":
@@ -186,7 +187,7 @@ def _disassemble(path: Path) -> str:
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="binutils objdump not installed")
 @pytest.mark.parametrize("cpu,popcount", [("znver4", r"vpopcntd\s+%zmm"), ("skylake-avx512", None), ("haswell", None)])
 def test_cpu_choice_picks_instruction_set(cpu, popcount, tmp_path):
-    from bisr_deploy.compile.targets import host_cpu_flags
+    from bisr_deploy.hostcpu import host_cpu_flags
 
     target = resolve_target("x86", cpu)
     missing = set(target.required_features) - host_cpu_flags()

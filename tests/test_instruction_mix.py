@@ -142,15 +142,19 @@ def test_tool_matches_artifact_layers_to_kernels(tmp_path):
     build; here the 'artifact' holds the standalone object itself under its manifest function name."""
     import json
 
+    from bisr_deploy.artifact import LayerRecord, Manifest, TargetRecord, TensorRecord
+
     arm = resolve_target("arm")
     shape = im.KernelShape(GROUPED_3X3_112, 1, ((8, 8),))
     artifact, standalone = tmp_path / "artifact", tmp_path / "standalone"
     artifact.mkdir()
     standalone.mkdir()
     im.compile_object(GROUPED_3X3_112, arm.tvm_target, arm.lanes, artifact / "kernel.o").rename(artifact / "model.so")
-    layer = {"kind": "bisrconv", "function": im.KERNEL_SYMBOL, "shape": [1, 112, 8, 8], "kernel": [3, 3], "group": 28}
-    target = {"arch": "arm", "cpu": "generic", "triple": "aarch64-linux-gnu"}
-    (artifact / "manifest.json").write_text(json.dumps({"target": target, "layers": [layer]}))
+    layer = LayerRecord("n", "bisrconv", im.KERNEL_SYMBOL, [1, 112, 8, 8], kernel=[3, 3], pads=[1, 1, 1, 1], group=28)
+    target = TargetRecord("arm", "generic", "aarch64-linux-gnu", arm.tvm_target, ["asimd"])
+    manifest = Manifest("sim", [TensorRecord("x", [1, 112, 8, 8])], TensorRecord("y", [1, 112, 8, 8]), target, {}, {},
+                        [], [layer])
+    (artifact / "manifest.json").write_text(json.dumps(manifest.to_json()))
     row = {"kernel": shape.name, "builds": {"arm": im.analyse_kernel(GROUPED_3X3_112, arm, standalone)}}
     found = _tool().artifact_mix(artifact, [shape], [row])
     function, mix, same = found["kernels"][shape.name]
@@ -160,5 +164,5 @@ def test_tool_matches_artifact_layers_to_kernels(tmp_path):
     other = im.KernelShape(DENSE_1X1_28, 1, ((8, 8),))
     with pytest.raises(BisrError, match="no BiSR-Conv layer of shape 1x1 28ch at 8x8"):
         _tool().artifact_mix(artifact, [other], [row])
-    with pytest.raises(BisrError, match="not a readable bisr-deploy artifact"):
+    with pytest.raises(BisrError, match="missing: not a directory"):
         _tool().artifact_mix(tmp_path / "missing", [shape], [row])

@@ -244,7 +244,7 @@ def test_compile_real_mode_onnx_file(tmp_path):
     # Compiling again over an existing artifact replaces it whole; no temporary directories stay behind.
     again = runner.invoke(main, ["compile", str(onnx_path), "--cpu", "haswell", "--output", str(tmp_path / "a")])
     assert again.exit_code == 0, again.output
-    assert load(tmp_path / "a").manifest["target"]["cpu"] == "haswell"
+    assert load(tmp_path / "a").manifest.target.cpu == "haswell"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "real32.onnx"]
 
 
@@ -263,7 +263,7 @@ def test_run_single_bisrconv_layer(built):
     rng = np.random.default_rng(9)
     for name in (names[0], "body.0.encoder_layers.0.0.blocks.0.fn.net.3"):  # 3x3 28 ch; grouped 3x3 112 ch
         module = modules[name]
-        shape = next(entry["shape"] for entry in compiled.manifest["layers"] if entry["name"] == name)
+        shape = compiled.manifest.layer(name).shape
         x = rng.standard_normal(shape).astype(np.float32)
         with torch.no_grad():
             want = module(torch.from_numpy(x)).numpy()

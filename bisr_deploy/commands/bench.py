@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..compile.targets import cpu_model_name
+from ..hostcpu import cpu_model_name
 from ..errors import BisrError
 from ..fileio import atomic_output
 
@@ -88,9 +88,9 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
                 build_artifact(onnx_model, artifact, target)
                 report["compile_s"] = round(time.perf_counter() - start, 1)
             compiled = load(artifact)
-            if compiled.manifest["source"].get("onnx_sha256") != report["onnx_sha256"]:
+            if compiled.manifest.source.get("onnx_sha256") != report["onnx_sha256"]:
                 raise BisrError(f"{artifact} was not compiled from this checkpoint at {height} x {width}")
-            report["artifact_bytes"] = sum(f["bytes"] for f in compiled.manifest["files"].values())
+            report["artifact_bytes"] = compiled.manifest.total_bytes
         tvm_fp32 = None
         if "tvm-fp32" not in skip:
             imported, executable = compile_module(onnx_model, target, bitserial=False)

@@ -60,7 +60,7 @@ def compile_command(model_path, checkpoint_path, arch, cpu, ndk, height, width, 
     target = resolve_target(arch, cpu, ndk=ndk)
     model, source = load_model_for_compile(model_path, checkpoint_path, height, width, mode)
     manifest = build_artifact(model, output, target, source)
-    size = sum(f["bytes"] for f in manifest["files"].values())
-    n_bin = sum(1 for layer in manifest["layers"] if layer["kind"] == "bisrconv")
-    click.echo(f"wrote {output}: {manifest['mode']}-mode, input {manifest['inputs'][0]['shape']}, "
-               f"{n_bin} bitserial BiSRConvs, target {target.triple} cpu {target.tvm_target.get('mcpu', target.cpu)}, {size / 1e6:.2f} MB")
+    n_bin = len(manifest.bisrconv_layers())
+    click.echo(f"wrote {output}: {manifest.mode}-mode, input {manifest.inputs[0].shape}, "
+               f"{n_bin} bitserial BiSRConvs, target {target.triple} cpu {target.tvm_target.get('mcpu', target.cpu)}, "
+               f"{manifest.total_bytes / 1e6:.2f} MB")

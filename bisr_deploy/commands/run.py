@@ -20,7 +20,8 @@ def run_command(artifact, measurement, mask_path, key, mask_key, threads, output
 
     An aarch64 artifact on an x86 machine runs under emulation (docs/arm.md); the output is the same, the speed is not."""
     from .. import emulation
-    from ..runtime import load, read_manifest, set_num_threads
+    from ..artifact import read_manifest
+    from ..runtime import load, set_num_threads
 
     y = load_array(measurement, key)
     mask = load_array(mask_path, mask_key) if mask_path else None

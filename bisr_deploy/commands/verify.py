@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .. import verify as v
+from ..artifact import Manifest, read_manifest
 from ..checkpoint import load_checkpoint
 from ..errors import BisrError
 from ..fileio import atomic_output, file_sha256, load_array
@@ -36,15 +37,15 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
     Exits with status 1 when a criterion fails (criteria: bisr_deploy/verify.py)."""
     from .. import emulation, runtime
 
-    manifest = runtime.read_manifest(artifact)
+    manifest = read_manifest(artifact)
     ckpt = load_checkpoint(checkpoint_path)
-    if ckpt.config.mode != manifest["mode"]:
-        raise BisrError(f"the artifact is a {manifest['mode']}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
+    if ckpt.config.mode != manifest.mode:
+        raise BisrError(f"the artifact is a {manifest.mode}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
     _check_source(manifest, checkpoint_path)
-    _, _, height, width = manifest["output"]["shape"]
+    _, _, height, width = manifest.output.shape
     report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or "shipped default")
 
-    mode = manifest["mode"]
+    mode = manifest.mode
     aperture = load_array(mask_path, mask_key) if mask_path else v.default_mask(mode, height, width)
     aperture = v.crop_mask(aperture, height, width)
     scenes = [("synthetic", s) for s in v.synthetic_scenes(synthetic, height, width, aperture, mode)]
@@ -86,11 +87,11 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
     click.echo("PASS: every criterion holds")
 
 
-def _check_source(manifest: dict, checkpoint_path: str | None) -> None:
+def _check_source(manifest: Manifest, checkpoint_path: str | None) -> None:
     """Refuse a checkpoint other than the one the artifact records as its source (when it records one)."""
     from ..checkpoint import SHIPPED_CHECKPOINT
 
-    source = manifest.get("source", {})
+    source = manifest.source
     recorded = source.get("checkpoint_sha256") or source.get("bisr.source.sha256")
     if recorded and file_sha256(checkpoint_path or SHIPPED_CHECKPOINT) != recorded:
         raise BisrError(f"the artifact was compiled from another checkpoint (sha256 {recorded[:12]}...); "

@@ -1,30 +1,19 @@
 """Build an artifact directory from an ONNX model: import, lower, compile with TVM, write atomically.
 
-Artifact (format ``bisr-deploy-artifact`` version 1, read by ``bisr_deploy.runtime.load``):
-
-    DIR/model.so        the Relax VM executable and every kernel, one shared library (``export_library``)
-    DIR/params.npz      the weights, in the order the VM's ``main`` takes them after the graph inputs
-    DIR/manifest.json   interface, target, versions, source hash, per-layer kernels, sha256 of every file
-
-The directory is built in a temporary sibling and renamed into place, so a failed build leaves nothing.
+The artifact's format (files, manifest schema, atomic write) is ``bisr_deploy.artifact``; this module fills
+its records from the compiled model.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
-import numpy as np
 import onnx
 
-from .. import __version__
-from ..fileio import file_sha256
+from .. import __version__, artifact
+from ..artifact import LayerRecord, Manifest, TargetRecord, TensorRecord
 from ..errors import BisrError
-from ..runtime import FORMAT_NAME, FORMAT_VERSION, LIBRARY, MANIFEST, PARAMS
 from .onnx_import import ImportedModel, import_onnx
 from .pipeline import cpu_pipeline
 from .targets import CompileTarget, fcompile_for, resolve_target
@@ -43,25 +32,26 @@ def compile_module(model: onnx.ModelProto, target: CompileTarget, bitserial: boo
     return imported, executable
 
 
-def _layer_records(imported: ImportedModel) -> list[dict]:
+def _layer_records(imported: ImportedModel) -> list[LayerRecord]:
     records = []
     for layer in imported.layers:
         spec = layer.spec
+        common = {"name": layer.name, "kind": layer.kind, "function": layer.func_name}
         if layer.kind == "upsample2x":
-            records.append({"name": layer.name, "kind": layer.kind, "function": layer.func_name, "shape": list(spec)})
+            records.append(LayerRecord(**common, shape=list(spec)))
             continue
-        record = {"name": layer.name, "kind": layer.kind, "function": layer.func_name,
-                  "kernel": list(spec.kernel), "pads": list(spec.pads)}
+        common.update(kernel=list(spec.kernel), pads=list(spec.pads))
         if layer.kind == "bisrconv":
-            record.update(shape=[spec.batch, spec.channels, spec.height, spec.width], group=spec.group)
+            records.append(LayerRecord(**common, shape=[spec.batch, spec.channels, spec.height, spec.width],
+                                       group=spec.group))
         elif layer.kind == "bisrconv_fused":
-            record.update(shape=[spec.batch, spec.channels, spec.height, spec.width], group=spec.group,
-                          members=list(layer.members), combine=layer.fusion.combine, rprelu=layer.fusion.post,
-                          split_input=layer.fusion.split_input, residual=layer.fusion.residual)
+            records.append(LayerRecord(**common, shape=[spec.batch, spec.channels, spec.height, spec.width],
+                                       group=spec.group, members=list(layer.members), combine=layer.fusion.combine,
+                                       rprelu=layer.fusion.post, split_input=layer.fusion.split_input,
+                                       residual=layer.fusion.residual))
         else:
-            record.update(shape=[spec.batch, spec.in_channels, spec.height, spec.width], out_channels=spec.out_channels,
-                          groups=spec.groups)
-        records.append(record)
+            records.append(LayerRecord(**common, shape=[spec.batch, spec.in_channels, spec.height, spec.width],
+                                       out_channels=spec.out_channels, groups=spec.groups))
     return records
 
 
@@ -70,7 +60,7 @@ def _model_metadata(model: onnx.ModelProto) -> dict:
 
 
 def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: CompileTarget | None = None,
-                   source: dict | None = None) -> dict:
+                   source: dict | None = None) -> Manifest:
     """Compile ``model`` for ``target`` (default: x86 native) into the artifact directory ``output``.
 
     ``source``: provenance to record (e.g. ``{"file": ..., "sha256": ...}``); the sha256 of the serialized
@@ -79,46 +69,24 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
     import tvm
 
     target = target or resolve_target()
-    output = Path(output)
-    if output.exists() and not (output / MANIFEST).is_file():
-        raise BisrError(f"{output} exists and is not a bisr-deploy artifact; refusing to overwrite it")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BisrError(f"cannot write {output}: {exc.strerror} ({output.parent})") from exc
+    artifact.check_writable(output)
     imported, executable = compile_module(model, target)
     meta = _model_metadata(model)
     onnx_bytes = model.SerializeToString()
-    manifest = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "mode": meta.get("bisr.mode", "sim" if len(imported.input_names) == 2 else "real"),
-        "inputs": [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(imported.input_names, imported.input_shapes)],
-        "output": {"name": imported.output_name, "shape": imported.output_shape, "dtype": "float32"},
-        "target": {"arch": target.arch, "cpu": target.cpu, "triple": target.triple, "tvm_target": target.tvm_target,
-                   "required_cpu_features": list(target.required_features)},
-        "versions": {"bisr_deploy": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__},
-        "source": {"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), **(source or {}),
-                   **{k: v for k, v in meta.items() if k.startswith("bisr.source.")}},
-        "params": [name for name, _ in imported.params],
-        "layers": _layer_records(imported),
-    }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
-        executable.export_library(str(tmp / LIBRARY), fcompile=fcompile_for(target))  # cross linker for ARM
-        with open(tmp / PARAMS, "wb") as fh:
-            np.savez(fh, **{f"p{i:04d}": array for i, (_, array) in enumerate(imported.params)})
-        manifest["files"] = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-                             for name in (LIBRARY, PARAMS)}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        if output.exists():  # replacing an older artifact: move it aside first, then swap
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-            os.replace(output, old / "artifact")
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+    manifest = Manifest(
+        mode=meta.get("bisr.mode", "sim" if len(imported.input_names) == 2 else "real"),
+        inputs=[TensorRecord(n, s) for n, s in zip(imported.input_names, imported.input_shapes)],
+        output=TensorRecord(imported.output_name, imported.output_shape),
+        target=TargetRecord(arch=target.arch, cpu=target.cpu, triple=target.triple, tvm_target=target.tvm_target,
+                            required_cpu_features=list(target.required_features)),
+        versions={"bisr_deploy": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__},
+        source={"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), **(source or {}),
+                **{k: v for k, v in meta.items() if k.startswith("bisr.source.")}},
+        params=[name for name, _ in imported.params],
+        layers=_layer_records(imported),
+    )
+
+    def write_library(path):
+        executable.export_library(str(path), fcompile=fcompile_for(target))  # cross linker for ARM
+
+    return artifact.write(output, manifest, write_library, [array for _, array in imported.params])

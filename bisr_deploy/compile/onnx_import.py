@@ -31,7 +31,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import BisrError
-from .bitserial import PARAM_NAMES, BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
+from ..artifact import BISRCONV_PARAMS
+from .bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
 from .floatconv import Conv2dSpec, conv2d_primfunc
 from .upsample import upsample2x_primfunc
 
@@ -156,10 +157,10 @@ def split_custom_ops(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[BiSR
 
 
 def kernel_params(node: BiSRConvNode) -> dict[str, np.ndarray]:
-    """The bitserial kernel's parameters (``PARAM_NAMES``) for one node."""
+    """The bitserial kernel's parameters (``BISRCONV_PARAMS``) for one node."""
     prepared = prepare_weights(node.spec, node.inputs["weight_bits"])
     return {name: np.ascontiguousarray(node.inputs[name] if name in node.inputs else prepared[name])
-            for name in PARAM_NAMES}
+            for name in BISRCONV_PARAMS}
 
 
 def _mark(func, name: str):
@@ -332,7 +333,7 @@ def _lowering_class():
 
         def _bisr_call(self, expr, fusion=Fusion()):
             """(spec, inputs, params, extras) if ``expr`` is bound to a call of our kernel with this fusion, else
-            None. inputs: the X tensor(s); params: the layers' PARAM_NAMES vars; extras: R, post parameters."""
+            None. inputs: the X tensor(s); params: the layers' BISRCONV_PARAMS vars; extras: R, post parameters."""
             bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
             if not (isinstance(bound, relax.Call) and isinstance(bound.args[0], relax.GlobalVar)):
                 return None
@@ -340,7 +341,7 @@ def _lowering_class():
             if meta is None or meta[1] != fusion:
                 return None
             args = list(bound.args[1].fields)
-            n_x, n_p = 1 + fusion.split_input, len(PARAM_NAMES) * fusion.layers
+            n_x, n_p = 1 + fusion.split_input, len(BISRCONV_PARAMS) * fusion.layers
             return meta[0], args[:n_x], args[n_x:n_x + n_p], args[n_x + n_p:]
 
         def _fused_call(self, spec, fusion, args):

@@ -114,6 +114,6 @@ def network_calls(model, measurement: np.ndarray, mask: np.ndarray | None = None
     finally:
         model.set_instrument(None)
     _, calls = min(runs, key=lambda run: run[0])
-    kinds = {layer["function"]: layer["kind"].split("_")[0] for layer in model.manifest["layers"]}
+    kinds = {layer.function: layer.kind.split("_")[0] for layer in model.manifest.layers}
     return [{"call": k, "function": name, "kind": kinds.get(name, "fused"), "ms": seconds * 1e3}
             for k, (name, seconds) in enumerate(calls)]

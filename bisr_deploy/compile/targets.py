@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import BisrError
+from ..hostcpu import host_cpu_flags
 
 X86_CPUS = ("native", "znver4", "skylake-avx512", "haswell")
 X86_TRIPLE = "x86_64-linux-gnu"
@@ -54,32 +55,6 @@ def _llvm_features(target_dict: dict) -> set[str]:
     return set(codegen.llvm_get_cpu_features(Target(target_dict)))
 
 
-def _cpuinfo_field(name: str) -> str | None:
-    """The value of the first ``name`` line of ``/proc/cpuinfo``; None where there is none."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def host_cpu_flags() -> set[str]:
-    """The instruction-set flags of this machine (``/proc/cpuinfo``); empty where that file does not exist."""
-    if _is_aarch64():
-        return aarch64_cpu_flags()
-    return set((_cpuinfo_field("flags") or "").split())
-
-
-def cpu_model_name() -> str:
-    """This machine's CPU model, as /proc/cpuinfo names it (else what ``platform`` knows), for reports."""
-    import platform
-
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
-
-
 def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None = None,
                    ndk: str | None = None) -> CompileTarget:
     """Name -> ``CompileTarget``. Raises ``BisrError`` for an unknown arch or cpu.
@@ -112,16 +87,6 @@ def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None
     return CompileTarget("x86", cpu, target, lanes=16 if wide else 8, required_features=required)
 
 
-def check_runnable(required_features, where: str = "this artifact") -> None:
-    """Raise ``BisrError`` if this machine lacks any of ``required_features`` (cpuinfo flag names)."""
-    host = host_cpu_flags()
-    if not host:
-        raise BisrError(f"cannot read this machine's CPU features (/proc/cpuinfo) to check {where}")
-    missing = sorted(set(required_features) - host)
-    if missing:
-        raise BisrError(f"{where} needs CPU features this machine lacks: {', '.join(missing)}")
-
-
 # ---- ARM (aarch64) targets: ARM deployment, issue 5 (docs/arm.md). They cross-compile on an x86_64 host;
 # ``fcompile_for`` gives the linker, bisr_deploy/emulation.py runs the result under qemu. ----
 
@@ -130,27 +95,6 @@ ARM_ARCHES = ("arm", "android-arm64")
 # required_features does not record.
 ARM_CPUS = ("generic",)
 _ARM_TRIPLES = {"arm": "aarch64-linux-gnu", "android-arm64": "aarch64-linux-android"}
-# Bits of the kernel's AT_HWCAP on aarch64, named as /proc/cpuinfo's "Features" line names them.
-_AARCH64_HWCAP = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp",
-                  "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4", "asimddp", "sha512",
-                  "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb", "paca", "pacg")
-
-
-def _is_aarch64() -> bool:
-    import platform
-
-    return platform.machine() in ("aarch64", "arm64")
-
-
-def aarch64_cpu_flags() -> set[str]:
-    """Features of this aarch64 CPU from ``getauxval(AT_HWCAP)`` (glibc and Android's bionic). Unlike
-    /proc/cpuinfo, also right under qemu-user, where /proc/cpuinfo is the x86 host's."""
-    import ctypes
-
-    getauxval = ctypes.CDLL(None).getauxval
-    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
-    hwcap = getauxval(16)  # AT_HWCAP
-    return {name for bit, name in enumerate(_AARCH64_HWCAP) if hwcap >> bit & 1}
 
 
 def _resolve_arm(arch: str, cpu: str, num_cores: int | None, ndk: str | None) -> CompileTarget:
