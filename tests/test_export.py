@@ -12,7 +12,7 @@ from bisr_deploy.bitpack import pack_sign_bits, packed_row_bytes, unpack_sign_bi
 from bisr_deploy.cli import main
 from bisr_deploy.errors import BisrError
 from bisr_deploy.export import export_onnx, save_onnx, strip_custom_ops
-from bisr_deploy.export.bisr_op import DOMAIN, OP_TYPE
+from bisr_deploy.bisrconv_op import DOMAIN, OP_TYPE
 from bisr_deploy.export.clean import inference_problems
 from bisr_deploy.export.parity import layer_parity, ort_session, run_onnx, scene_parity, single_op_model
 from bisr_deploy.model import with_negative_sign

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="Also write the rows as JSON here.")
     args = parser.parse_args(argv)
 
-    from bisr_deploy.compile.onnx_import import split_custom_ops
+    from bisr_deploy.compile.split import split_custom_ops
     from bisr_deploy.compile.targets import resolve_target
     from bisr_deploy.export import export_onnx
     from bisr_deploy.runtime import set_num_threads

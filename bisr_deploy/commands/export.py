@@ -1,4 +1,4 @@
-"""``bisr-deploy export``: a checkpoint -> one static ONNX model with bit-packed ``ai.bisr`` BiSRConv ops."""
+"""``bisr-deploy export``: a checkpoint -> one static ONNX model with bit-packed BiSRConv custom ops."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ..cassi import snapshot_width
               help="Input mode of an authors' .pth (inferred from the file by default).")
 def export_command(checkpoint_path, output, height, width, mode):
     """Export BiSRNet to ONNX: raw snapshot (+ mask) in, 28-band cube out; runs in stock ONNX Runtime."""
+    from .. import bisrconv_op
     from ..export import export_onnx, save_onnx
 
     model = export_onnx(checkpoint_path, height, width, mode)
@@ -24,7 +25,7 @@ def export_command(checkpoint_path, output, height, width, mode):
     props = {p.key: p.value for p in model.metadata_props}
     inputs = ", ".join(f"{i.name} [{', '.join(str(d.dim_value) for d in i.type.tensor_type.shape.dim)}]"
                        for i in model.graph.input)
-    n_custom = sum(1 for node in model.graph.node if node.domain == "ai.bisr")
+    n_custom = sum(1 for node in model.graph.node if bisrconv_op.is_node(node))
     click.echo(f"wrote {output}: {size:,} bytes, {props['bisr.mode']} mode, {height} x {width} "
                f"(snapshot width {snapshot_width(width)})")
-    click.echo(f"inputs {inputs}; output cube [1, 28, {height}, {width}]; {n_custom} ai.bisr::BiSRConv nodes")
+    click.echo(f"inputs {inputs}; output cube [1, 28, {height}, {width}]; {n_custom} {bisrconv_op.DOMAIN}::{bisrconv_op.OP_TYPE} nodes")

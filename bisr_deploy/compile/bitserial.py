@@ -1,4 +1,4 @@
-"""The fused ``ai.bisr::BiSRConv`` operator (docs/custom-ops.md) as TVM tensor-expression kernels.
+"""The fused BiSRConv custom operator (``bisr_deploy.bisrconv_op``, docs/custom-ops.md) as TVM tensor-expression kernels.
 
 One ``BiSRConvSpec`` (shape, kernel, pads, groups) gives one TIR ``PrimFunc`` in three stages:
 

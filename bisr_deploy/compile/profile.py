@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from .onnx_import import KERNEL_ATTR, ImportedModel
+from .lowering import KERNEL_ATTR
+from .onnx_import import ImportedModel
 from .pipeline import fuse_and_schedule
 from .targets import CompileTarget
 
