@@ -87,6 +87,31 @@ def test_reconstruction_quality_close_to_pytorch(built):
     assert psnr(compiled, torch_cube) > 30
 
 
+def test_outputs_are_owned_by_the_caller(built):
+    """The cube views the VM's output buffer (no copy); a buffer the caller still holds is never handed to a
+    later run, and one it dropped is reused (no fresh pages per run)."""
+    from bisr_deploy.runtime import load
+
+    model = load(built)
+    rng = np.random.default_rng(3)
+    inputs = [(rng.random((64, 118), np.float32), (rng.random((64, 64)) > 0.5).astype(np.float32)) for _ in range(3)]
+    first = model(*inputs[0])
+    kept = first.copy()
+    later = [model(*pair) for pair in inputs[1:]]
+    assert first.flags.writeable and first.dtype == np.float32 and first.shape == (28, 64, 64)
+    np.testing.assert_array_equal(first, kept)
+    assert not any(np.shares_memory(first, out) for out in later) and not np.array_equal(first, later[0])
+    again = model(*inputs[0])
+    np.testing.assert_array_equal(again, kept)  # same input, same cube
+
+    def address(cube):
+        return cube.__array_interface__["data"][0]
+
+    pooled = {address(cube) for cube in [first, again, *later]}
+    del first, again, later
+    assert {address(model(*inputs[0])) for _ in range(4)} <= pooled  # dropped cubes' buffers are reused
+
+
 def test_refuses_tampered_and_truncated_files(artifact):
     from bisr_deploy.runtime import load
 
@@ -202,6 +227,12 @@ def test_bench_command_reports(built, tmp_path):
     assert [row["function"] for row in network if row["kind"] in ("bisrconv", "conv2d", "upsample2x")] == \
         [row["function"] for row in report["layers"] if row["kind"] in ("bisrconv", "conv2d", "upsample2x")]
     assert all(row["ms"] > 0 for row in network) and set(report["network_layers_by_kind_ms"]) >= {"bisrconv", "conv2d"}
+    outside = report["outside_kernels"]  # from the same instrumented run, at 1 thread
+    assert outside["kernels_ms"] == pytest.approx(sum(row["ms"] for row in network))
+    assert outside["total_ms"] == pytest.approx(outside["kernels_ms"] + outside["vm_ms"] + outside["python_ms"])
+    assert outside["outside_ms"] == pytest.approx(outside["vm_ms"] + outside["python_ms"]) and outside["python_ms"] > 0
+    assert outside["vm_builtin_calls"] > 0 and outside["page_faults"] < 28 * 64 * 64 * 4 // 4096  # no fresh cube
+    assert "| outside kernels: VM" in (tmp_path / "bench.md").read_text() and "outside kernels" in result.output
     assert "compiled@1" in report["speedups_vs_onnxruntime"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| compiled | 1 |" in (tmp_path / "bench.md").read_text()

@@ -1,4 +1,4 @@
-"""Where the time goes: every kernel call of a compiled network, timed in isolation.
+"""Where the time goes: every kernel call of a compiled network, timed in isolation and inside the network.
 
 ``profile_calls(imported, target)`` runs the same Relax lowering as the build (legalise, fuse), lists the
 ``call_tir`` calls of ``main`` in execution order with their argument shapes, compiles those TIR functions
@@ -9,13 +9,19 @@ network's latency minus the VM's own overhead and minus cache misses (each call 
 inside the network its inputs and outputs are mostly not in cache, so calls take longer there). Kinds:
 ``bisrconv`` (also the fused ones), ``conv2d`` and ``upsample2x`` (our scheduled kernels), ``fused``
 (TVM-legalised and fused standard ops).
+
+``network_calls(model, ...)`` times the same calls inside a run of a loaded artifact, and the time outside
+them (VM dispatch and allocation, input and output conversion).
 """
 
 from __future__ import annotations
 
+import resource
 import time
 
 import numpy as np
+
+from ..errors import BisrError
 
 from .lowering import KERNEL_ATTR
 from .onnx_import import ImportedModel
@@ -86,35 +92,74 @@ def summarize(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def network_calls(model, measurement: np.ndarray, mask: np.ndarray | None = None, repeat: int = 5) -> list[dict]:
+def _one_thread() -> None:
+    import tvm
+
+    threads = int(tvm.get_global_func("runtime.NumThreads")())
+    if threads != 1:
+        raise BisrError(f"in-network profiling times the calling thread's CPU: run it at 1 thread, not {threads}")
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+# A VM builtin that does nothing: its span in an instrumented run, and the gap after it, are the instrument
+# hook's own cost, taken off every span and gap.
+NOOP_BUILTIN = "vm.builtin.null_value"
+
+
+def network_calls(model, measurement: np.ndarray, mask: np.ndarray | None = None,
+                  repeat: int = 5) -> tuple[list[dict], dict]:
     """Every kernel call of a loaded artifact (``runtime.CompiledModel``) timed **inside** the network run on
-    (measurement, mask), through the Relax VM's instrument hook (``model.set_instrument``): inputs and outputs are
-    where the network leaves them (mostly not in cache), unlike ``profile_calls``. Rows
-    ``{"call": k, "function": name, "kind": ..., "ms": ...}`` from the fastest of ``repeat`` runs; VM builtins
-    (allocation, reshape views) are left out (together well under 1 ms)."""
-    runs = []
-    current: list = []
-    start = [0.0]
+    (measurement, mask), through the Relax VM's instrument hook (``model.set_instrument``), and the time
+    outside the kernels, from the same run. Inputs and outputs are where the network leaves them (mostly not
+    in cache), unlike ``profile_calls``.
+
+    Runs at 1 thread (else ``BisrError``), where every kernel runs on the calling thread, and reads that
+    thread's CPU clock, so that other processes on a loaded machine count only through the caches. Every span
+    (VM call) and gap (between calls) is taken less the hook's own cost (``NOOP_BUILTIN``). Returns
+    ``(rows, outside)`` of the fastest of ``repeat`` runs after a warm-up run: rows
+    ``{"call": k, "function": name, "kind": ..., "ms": ...}`` (VM builtins left out); ``outside`` in ms:
+    ``total_ms`` (the run), ``kernels_ms`` (sum of the rows), ``outside_ms`` = ``vm_ms`` (VM builtins such as
+    allocation, and dispatch between calls) + ``python_ms`` (before the first VM call: input checks and
+    conversion; after the last: output conversion); ``vm_builtin_calls`` per run and ``page_faults`` (the
+    most minor page faults of a run)."""
+    _one_thread()
+    events: list = []
 
     def instrument(_func, name, before_run, _ret, *_args):
-        now = time.perf_counter()
-        if before_run:
-            start[0] = now
-        elif not name.startswith("vm.builtin."):
-            current.append((name, now - start[0]))
+        events.append((time.thread_time() * 1e3, name, before_run))
         return 0
 
     model(measurement, mask)
     model.set_instrument(instrument)
     try:
+        runs = []
         for _ in range(repeat):
-            current.clear()
-            begin = time.perf_counter()
+            events.clear()
+            faults, start = _minor_faults(), time.thread_time() * 1e3
             model(measurement, mask)
-            runs.append((time.perf_counter() - begin, list(current)))
+            runs.append((start, time.thread_time() * 1e3, _minor_faults() - faults, list(events)))
     finally:
         model.set_instrument(None)
-    _, calls = min(runs, key=lambda run: run[0])
+    start, end, _, events = min(runs, key=lambda run: run[1] - run[0])
+    spans, gaps = [], []  # (name of the VM call, ms); (name of the call before the gap, ms)
+    for (t0, name, opens), (t1, next_name, next_opens) in zip(events, events[1:]):
+        if opens and not next_opens and name == next_name:
+            spans.append((name, t1 - t0))
+        elif not opens and next_opens:
+            gaps.append((name, t1 - t0))
+    hook_span = float(np.median([ms for name, ms in spans if name == NOOP_BUILTIN] or [0.0]))
+    hook_gap = float(np.median([ms for name, ms in gaps if name == NOOP_BUILTIN] or [0.0]))
     kinds = {layer.function: layer.kind.split("_")[0] for layer in model.manifest.layers}
-    return [{"call": k, "function": name, "kind": kinds.get(name, "fused"), "ms": seconds * 1e3}
-            for k, (name, seconds) in enumerate(calls)]
+    rows = [{"call": k, "function": name, "kind": kinds.get(name, "fused"), "ms": ms - hook_span}
+            for k, (name, ms) in enumerate(s for s in spans if not s[0].startswith("vm.builtin."))]
+    builtins = [ms - hook_span for name, ms in spans if name.startswith("vm.builtin.")]
+    vm_ms = sum(builtins) + sum(ms - hook_gap for _, ms in gaps)
+    python_ms = (events[0][0] - start) + (end - events[-1][0])
+    kernels_ms = sum(row["ms"] for row in rows)
+    outside = {"total_ms": kernels_ms + vm_ms + python_ms, "kernels_ms": kernels_ms, "outside_ms": vm_ms + python_ms,
+               "vm_ms": vm_ms, "python_ms": python_ms, "vm_builtin_calls": len(builtins),
+               "page_faults": max(run[2] for run in runs)}
+    return rows, outside
