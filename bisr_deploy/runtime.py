@@ -44,7 +44,8 @@ def artifact_inputs(manifest: Manifest, measurement, mask) -> list[np.ndarray]:
 
 
 class CompiledModel:
-    """A loaded artifact. ``model(measurement, mask=None)`` -> cube float32 [C, H, W]."""
+    """A loaded artifact. ``model(measurement, mask=None)`` -> cube float32 [C, H, W]. One run at a time per
+    instance (the VM and its input buffers are reused from run to run)."""
 
     def __init__(self, directory: Path, manifest: Manifest, library, params: list):
         import tvm
@@ -58,10 +59,12 @@ class CompiledModel:
         self._vm.save_function("main", BOUND_MAIN, *params)  # the weights cross the FFI once, not per run
         self._main = self._vm[BOUND_MAIN]
         self._params = params
+        self._inputs = [tvm.runtime.empty(record.shape, record.dtype) for record in manifest.inputs]  # refilled per run
         self._tvm = tvm
 
     def input_tensors(self, measurement: np.ndarray, mask: np.ndarray | None = None) -> list:
-        """Validate (``artifact_inputs``) and convert the inputs to the TVM tensors ``run_tensors`` takes."""
+        """Validate (``artifact_inputs``) and copy the inputs into the TVM tensors ``run_tensors`` takes (the
+        instance's own input buffers, overwritten by the next call)."""
         return self._tensors(artifact_inputs(self.manifest, measurement, mask))
 
     def run_tensors(self, tensors: list):
@@ -82,7 +85,9 @@ class CompiledModel:
         return self.output_array(self.run_tensors(self.input_tensors(measurement, mask)))[0]
 
     def _tensors(self, arrays: list[np.ndarray]) -> list:
-        return [self._tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+        for tensor, array in zip(self._inputs, arrays):
+            tensor.copyfrom(np.ascontiguousarray(array))
+        return self._inputs
 
     def set_instrument(self, hook) -> None:
         """Install (None: remove) a Relax VM instrument hook, called around every VM call as
