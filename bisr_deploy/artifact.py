@@ -79,6 +79,7 @@ class LayerRecord:
     rprelu: bool | None = None
     split_input: bool | None = None
     residual: bool | None = None
+    layer_norm: bool | None = None  # bisrconv_fused: computes the LayerNorm of its input first
     out_channels: int | None = None  # conv2d
     groups: int | None = None  # conv2d
 

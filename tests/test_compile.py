@@ -118,6 +118,55 @@ def test_fused_kernels_bit_exact(c, h, w, ks, group):
         Fusion("concat", residual=True)
 
 
+def standalone_layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
+    """LayerNorm over axis 1 as the build compiles it alone (legalised, fused, scheduled: ``cpu_pipeline``)."""
+    from tvm import relax
+
+    from bisr_deploy.compile.pipeline import cpu_pipeline
+
+    bb = relax.BlockBuilder()
+    args = [relax.Var(name, relax.TensorType(a.shape, "float32")) for name, a in (("x", x), ("g", gamma), ("b", beta))]
+    with bb.function("main", args):
+        bb.emit_func_output(bb.emit(relax.op.nn.layer_norm(*args, axes=[1], epsilon=epsilon)))
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target(TARGET.tvm_target),
+                                          relax_pipeline=cpu_pipeline(TARGET)),
+                              tvm.cpu())
+    return vm["main"](*(tvm.runtime.tensor(a) for a in (x, gamma, beta))).numpy()
+
+
+@pytest.mark.parametrize("c,h,w", [(28, 4, 32), (28, 3, 12), (56, 5, 20)])
+def test_layer_norm_fused_into_pack_bit_exact(c, h, w):
+    """LayerNorm -> FusionUp (concat, optionally with its RPReLU) as one kernel gives the bits of the standalone
+    LayerNorm kernel followed by the concat kernel; also at odd heights and widths of 4-lane vectors."""
+    rng = np.random.default_rng(c * h + w)
+    spec = BiSRConvSpec(1, c, h, w, (1, 1), (0,) * 4, 1)
+    (_, i1, x), (_, i2, _) = random_case(rng, c, h, w, 1, 1), random_case(rng, c, h, w, 1, 1)
+    x = 3 * x + rng.standard_normal((1, 1, h, w)).astype(np.float32)  # per-pixel offsets for the mean to remove
+    gamma, beta = (rng.standard_normal(c).astype(np.float32) for _ in range(2))
+    post = [rng.standard_normal(2 * c).astype(np.float32) for _ in range(3)]
+    node = lambda inputs: type("Node", (), {"spec": spec, "inputs": inputs})  # noqa: E731
+    params = [*kernel_params(node(i1)).values(), *kernel_params(node(i2)).values()]
+
+    def run(fusion, x_in, extra):
+        lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, TARGET.lanes, fusion)}), target=TARGET.tvm_target)
+        out = tvm.runtime.empty((1, 2 * c, h, w), "float32")
+        lib["bisrconv"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [x_in, *params, *extra]), out)
+        return out.numpy()
+
+    normed = standalone_layer_norm(x, gamma, beta, 1e-5)
+    mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
+    np.testing.assert_allclose(normed, (x - mean) / np.sqrt(var + 1e-5) * gamma[:, None, None] + beta[:, None, None],
+                               rtol=1e-4, atol=1e-4)  # a LayerNorm indeed
+    for post_args in ([], post):
+        unfused = run(Fusion("concat", post=bool(post_args)), normed, post_args)
+        fused = run(Fusion("concat", post=bool(post_args), norm_epsilon=1e-5), x, [gamma, beta, *post_args])
+        np.testing.assert_array_equal(fused, unfused)
+    with pytest.raises(BisrError, match="unsupported fusion"):
+        Fusion("mean", norm_epsilon=1e-5)
+    with pytest.raises(BisrError, match="1x1 kernels only"):
+        bisrconv_primfunc(BiSRConvSpec(1, c, h, w, (3, 3), (1,) * 4, 1), TARGET.lanes, Fusion(norm_epsilon=1e-5))
+
+
 def test_import_fuses_bisrnets_patterns(artifact64):
     """The 64x64 network: its 59 BiSRConvs run as 33 kernel calls (pairs fused with their concat / mean, the
     RPReLUs and block residuals in the epilogues); every per-layer kernel stays callable."""
@@ -130,11 +179,14 @@ def test_import_fuses_bisrnets_patterns(artifact64):
     members = [m for layer in fused for m in layer["members"]]
     assert len(single) == 59 and len(members) == len(set(members)) and set(members) <= single
     assert len(fused) == 31 and len(members) == 57  # embedding, mapping: alone
-    kinds = {(layer["combine"], layer["split_input"], layer["residual"], layer["rprelu"]) for layer in fused}
-    assert kinds == {("concat", False, False, False), ("concat", False, False, True),  # FusionUp, Downsample
-                     ("single", False, False, True),  # the grouped 3x3 and its RPReLU
-                     ("mean", False, False, False), ("mean", False, True, False),  # FusionDown, Upsample
-                     ("mean", True, False, False)}  # FusionDown of the decoder's Concat(up, skip)
+    kinds = {(layer["combine"], layer["split_input"], layer["residual"], layer["rprelu"], layer["layer_norm"])
+             for layer in fused}
+    assert kinds == {("concat", False, False, False, True),  # PreNorm's LayerNorm + first FusionUp
+                     ("concat", False, False, False, False), ("concat", False, False, True, False),  # Downsample, FusionUp
+                     ("single", False, False, True, False),  # the grouped 3x3 and its RPReLU
+                     ("mean", False, False, False, False), ("mean", False, True, False, False),  # FusionDown, Upsample
+                     ("mean", True, False, False, False)}  # FusionDown of the decoder's Concat(up, skip)
+    assert sum(layer["layer_norm"] for layer in fused) == 5  # every ConvBlock's LayerNorm
 
 
 @pytest.mark.parametrize("c,ks,group", [(28, 3, 1), (112, 3, 28), (56, 1, 1)])

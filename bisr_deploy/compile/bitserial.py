@@ -15,8 +15,9 @@ One ``BiSRConvSpec`` (shape, kernel, pads, groups) gives one TIR ``PrimFunc`` in
    {first, last} row/column flags, which makes ``acc`` exactly the zero-padded sum of the contract.
 
 ``Fusion`` extends the kernel to BiSRNet's modules around the BiSRConvs (two layers with their Concat or
-mean, the following RPReLU, the block residual); ``BiSRConvSpec.tap_words`` switches grouped convs with
-small groups to tap-packed windows (2 popcounts per output for 4 channels x 3x3, not 9). docs/compiler.md.
+mean, the following RPReLU, the block residual, the LayerNorm before a FusionUp);
+``BiSRConvSpec.tap_words`` switches grouped convs with small groups to tap-packed windows (2 popcounts per
+output for 4 channels x 3x3, not 9). docs/compiler.md.
 
 Kernel parameters prepared from the ONNX initializers by ``prepare_weights`` (numpy, at compile time):
 ``wwords`` uint32 [C, NWG, KH, KW] (the output channel's weight bits at their activation bit positions, NWG =
@@ -152,6 +153,8 @@ def prepare_weights(spec: BiSRConvSpec, weight_bits: np.ndarray) -> dict[str, np
 
 COMBINES = ("single", "concat", "mean")
 POST_NAMES = ("post_bias_in", "post_slope", "post_bias_out")
+NORM_NAMES = ("norm_gamma", "norm_beta")
+DEFAULT_NORM_EPSILON = 1e-5  # PyTorch's LayerNorm default (BiSRNet's)
 
 
 @dataclass(frozen=True)
@@ -162,10 +165,16 @@ class Fusion:
     post: bool = False  # the following RPReLU in the epilogue
     split_input: bool = False  # mean only: the two halves come as two tensors (a Concat in the graph)
     residual: bool = False  # mean only: + R [N,C,H,W] after the mean (the block's residual Add)
+    norm_epsilon: float | None = None  # not mean: X is LayerNorm(X_raw) over channels, computed in the kernel
 
     def __post_init__(self):
-        if self.combine not in COMBINES or (self.combine != "mean" and (self.split_input or self.residual)):
+        if self.combine not in COMBINES or (self.combine != "mean" and (self.split_input or self.residual)) or \
+                (self.combine == "mean" and self.norm_epsilon is not None):
             raise BisrError(f"BiSRConv kernel: unsupported fusion {self}")
+
+    @property
+    def norm(self) -> bool:
+        return self.norm_epsilon is not None
 
     @property
     def layers(self) -> int:
@@ -175,7 +184,10 @@ class Fusion:
     def suffix(self) -> str:
         """Kernel name suffix ("" for a plain single layer)."""
         parts = [self.combine] if self != Fusion() else []
-        parts += [name for name, on in (("2in", self.split_input), ("res", self.residual), ("rprelu", self.post)) if on]
+        norm = "norm" if self.norm_epsilon in (None, DEFAULT_NORM_EPSILON) else \
+            f"norm{int(np.float32(self.norm_epsilon).view(np.uint32)):08x}"  # another epsilon: another kernel
+        parts += [name for name, on in ((norm, self.norm), ("2in", self.split_input), ("res", self.residual),
+                                        ("rprelu", self.post)) if on]
         return "".join(f"_{p}" for p in parts)
 
     def output_channels(self, spec: BiSRConvSpec) -> int:
@@ -197,6 +209,10 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
     Pairs take ``[X (or X_1, X_2), *BISRCONV_PARAMS of layer 1, *BISRCONV_PARAMS of layer 2]``, then ``R`` if
     ``residual``, then ``POST_NAMES`` if ``post`` (float32 [C_out] each): the RPReLU that follows in the
     graph, ``Y = PReLU(Y + bias_in) + bias_out``. The arithmetic is the graph's, float32 op by op.
+
+    ``fusion.norm`` (the LayerNorm before a FusionUp): the kernel takes the LayerNorm's input as X, and
+    ``NORM_NAMES`` (gamma, beta [C]) after the layers' parameters; the sign and the layers' residual read
+    ``layer_norm_stages``' result, the arithmetic of TVM's legalised LayerNorm over axis 1.
     """
     from tvm import te, tirx
 
@@ -212,6 +228,10 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
         xs = [te.placeholder((n_, c, h, w), "float32", name=f"X_{l}") for l in range(2)]
     else:
         xs = [te.placeholder((n_, 2 * c if combine == "mean" else c, h, w), "float32", name="X")]
+    inputs = list(xs)
+    if fusion.norm:
+        norms = {name: te.placeholder((c,), "float32", name=name) for name in NORM_NAMES}
+        xs = [layer_norm_stages(xs[0], norms["norm_gamma"], norms["norm_beta"], fusion.norm_epsilon)]
 
     def x_at(n, l, ch, y, xx):
         """Layer l's input channel ch (l: an int or a TIR expression)."""
@@ -324,9 +344,29 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
         return out
 
     y_out = te.compute((n_, c_out, h, w), epilogue, name="epilogue")
-    inputs = xs + [layer[name] for layer in layers for name in BISRCONV_PARAMS] + ([residual] if residual is not None else [])
-    inputs += [posts[name] for name in posts]
+    inputs += [layer[name] for layer in layers for name in BISRCONV_PARAMS]
+    inputs += [norms[name] for name in NORM_NAMES] if fusion.norm else []
+    inputs += ([residual] if residual is not None else []) + [posts[name] for name in posts]
     return inputs, y_out
+
+
+def layer_norm_stages(x, gamma, beta, epsilon: float):
+    """LayerNorm of x [N, C, H, W] over C as TE stages ``x_sum``, ``x_mean``, ``x_var_sum``, ``norm``: the
+    expressions of TVM's legalisation of ``relax.nn.layer_norm(axes=[1])`` (topi), so that a kernel computing
+    it gives the bits of the standalone LayerNorm."""
+    from tvm import te, tirx
+
+    n_, c, h, w = (int(d) for d in x.shape)
+    k = te.reduce_axis((0, c), name="k")
+    x_sum = te.compute((n_, h, w), lambda n, y, xx: te.sum(x[n, k, y, xx], axis=k), name="x_sum")
+    count = tirx.const(float(c), "float32")
+    x_mean = te.compute((n_, h, w), lambda n, y, xx: x_sum[n, y, xx] / count, name="x_mean")
+    kv = te.reduce_axis((0, c), name="kv")
+    x_var_sum = te.compute((n_, h, w), lambda n, y, xx: te.sum(
+        (x[n, kv, y, xx] - x_mean[n, y, xx]) * (x[n, kv, y, xx] - x_mean[n, y, xx]), axis=kv), name="x_var_sum")
+    eps = tirx.const(epsilon, "float32")
+    return te.compute((n_, c, h, w), lambda n, ch, y, xx: (x[n, ch, y, xx] - x_mean[n, y, xx])
+                      * tirx.rsqrt(x_var_sum[n, y, xx] / count + eps) * gamma[ch] + beta[ch], name="norm")
 
 
 def vector_lanes(width: int, lanes: int) -> int:
@@ -344,12 +384,33 @@ def _vectorize_row(sch, pack, lanes: int) -> None:
     sch.vectorize(xi)
 
 
+def _layer_norm_at(sch, rows, lanes: int) -> None:
+    """``layer_norm_stages`` computed row by row at ``rows`` (one row of C channels, in L1), before the pack and
+    epilogue that read it: the statistics' channel sums outside, the row's x in vectors of ``lanes``."""
+    sch.compute_inline(sch.get_sblock("x_mean"))
+    norm = sch.get_sblock("norm")
+    for block in (norm, sch.get_sblock("x_var_sum"), sch.get_sblock("x_sum")):  # consumers first
+        sch.compute_at(block, rows)
+    *_, xx = sch.get_loops(norm)
+    sch.vectorize(sch.split(xx, [None, lanes])[1])
+    for name in ("x_var_sum", "x_sum"):
+        block = sch.get_sblock(name)
+        *_, xx, k = sch.get_loops(block)
+        xo, xi = sch.split(xx, [None, lanes])
+        sch.reorder(xo, k, xi)
+        sch.vectorize(xi)
+        init = sch.decompose_reduction(block, k)
+        sch.vectorize(sch.get_loops(init)[-1])
+
+
 def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion()):
     """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
     vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
     reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators."""
     from tvm import s_tir, te
 
+    if fusion.norm and spec.padded:
+        raise BisrError(f"BiSRConv kernel: a LayerNorm fuses into 1x1 kernels only, not {list(spec.kernel)}")
     inputs, output = bisrconv_compute(spec, fusion)
     func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "bisrconv")
     sch = s_tir.Schedule(func)
@@ -401,6 +462,8 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
         sch.compute_at(pack, rows)
         _vectorize_row(sch, pack, lanes)
     sch.parallel(outer)
+    if fusion.norm:  # 1x1 only: rows is outer
+        _layer_norm_at(sch, rows, lanes)
     init = sch.decompose_reduction(conv, reduction[0] if reduction else cx)
     sch.vectorize(sch.get_loops(init)[-1])
     return sch.mod["main"]

@@ -48,7 +48,7 @@ def _layer_records(imported: ImportedModel) -> list[LayerRecord]:
             records.append(LayerRecord(**common, shape=[spec.batch, spec.channels, spec.height, spec.width],
                                        group=spec.group, members=list(layer.members), combine=layer.fusion.combine,
                                        rprelu=layer.fusion.post, split_input=layer.fusion.split_input,
-                                       residual=layer.fusion.residual))
+                                       residual=layer.fusion.residual, layer_norm=layer.fusion.norm))
         else:
             records.append(LayerRecord(**common, shape=[spec.batch, spec.in_channels, spec.height, spec.width],
                                        out_channels=spec.out_channels, groups=spec.groups))

@@ -4,6 +4,7 @@ BiSRConvs become one fused kernel call each (``bitserial.Fusion``, manifest kind
 | pattern (after lowering) | fused kernel |
 | --- | --- |
 | ``Concat((B1(X), B2(X)), axis=1)`` | ``concat`` |
+| the same, 1x1, X = ``LayerNorm(X0)`` over channels (PreNorm -> FusionUp) | ``concat`` with ``norm_epsilon`` on X0 |
 | ``(B1(X[:, :C]) + B2(X[:, C:])) / 2``, X possibly ``Concat((X1, X2))`` | ``mean`` (``split_input``) |
 | ``mean(...) + R`` | ``mean`` with ``residual`` |
 | ``Add(PRelu(Add(K, bias_in), slope), bias_out)``, K a single or ``concat`` kernel | K with ``post`` (RPReLU) |
@@ -14,6 +15,7 @@ library for the runtime's ``run_bisrconv``. See ``bitserial.bisrconv_compute`` f
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from ..artifact import BISRCONV_PARAMS
@@ -30,15 +32,22 @@ def fusion_class():
         RULES = {"relax.concat": ("_fuse_concat",), "relax.divide": ("_fuse_mean",),
                  "relax.add": ("_fuse_residual", "_fuse_rprelu")}
 
-        def _bisr_call(self, expr, fusion=Fusion()):
-            """(spec, inputs, params, extras) if ``expr`` is bound to a call of our kernel with this fusion, else
-            None. inputs: the X tensor(s); params: the layers' BISRCONV_PARAMS vars; extras: R, post parameters."""
+        def _kernel_of(self, expr):
+            """(call, (spec, Fusion)) if ``expr`` is bound to a call of one of our BiSRConv kernels, else None."""
             bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
             if not (isinstance(bound, relax.Call) and isinstance(bound.args[0], relax.GlobalVar)):
                 return None
             meta = self.state.bisr_kernels.get(bound.args[0].name_hint)
-            if meta is None or meta[1] != fusion:
+            return (bound, meta) if meta else None
+
+        def _bisr_call(self, expr, fusion=Fusion()):
+            """(spec, inputs, params, extras) if ``expr`` is bound to a call of our kernel with this fusion, else
+            None. inputs: the X tensor(s); params: the layers' BISRCONV_PARAMS vars; extras: norm, R, post
+            parameters."""
+            kernel = self._kernel_of(expr)
+            if kernel is None or kernel[1][1] != fusion:
                 return None
+            bound, meta = kernel
             args = list(bound.args[1].fields)
             n_x, n_p = 1 + fusion.split_input, len(BISRCONV_PARAMS) * fusion.layers
             return meta[0], args[:n_x], args[n_x:n_x + n_p], args[n_x + n_p:]
@@ -63,9 +72,22 @@ def fusion_class():
             if int(call.attrs.axis) != 1 or not isinstance(parts, relax.Tuple) or len(parts.fields) != 2:
                 return None
             a, b = (self._bisr_call(f) for f in parts.fields)
-            if a and b and a[0] == b[0] and a[1][0].same_as(b[1][0]):
-                return self._fused_call(a[0], Fusion("concat"), [a[1][0], *a[2], *b[2]])
-            return None
+            if not (a and b and a[0] == b[0] and a[1][0].same_as(b[1][0])):
+                return None
+            spec, x = a[0], a[1][0]
+            norm = self._producer(x, self.ops["nn.layer_norm"])
+            if norm is not None and not spec.padded and self._channel_norm(norm, spec.channels):
+                return self._fused_call(spec, Fusion("concat", norm_epsilon=float(norm.attrs.epsilon)),
+                                        [norm.args[0], *a[2], *b[2], norm.args[1], norm.args[2]])
+            return self._fused_call(spec, Fusion("concat"), [x, *a[2], *b[2]])
+
+        @staticmethod
+        def _channel_norm(norm, channels: int) -> bool:
+            """A LayerNorm over axis 1 with gamma and beta [channels] (what ``Fusion.norm`` computes)."""
+            a = norm.attrs
+            return ([int(v) for v in a.axes] == [1] and bool(a.center) and bool(a.scale)
+                    and all(isinstance(p.ty, relax.TensorType) and p.ty.dtype == "float32"
+                            and [int(d) for d in p.ty.shape] == [channels] for p in norm.args[1:]))
 
         def _fuse_mean(self, call):
             """(B1(X[:, :C]) + B2(X[:, C:])) / 2 (a Split in two along axis 1, an Add, a Div by the constant 2)
@@ -120,20 +142,18 @@ def fusion_class():
             inner = self._producer(prelu.args[0], self.ops["add"])
             if inner is None:
                 return None
-            for fusion in (Fusion(), Fusion("concat")):
-                kernel = self._bisr_call(inner.args[0], fusion)
-                if kernel is not None:
-                    break
-            else:
+            kernel = self._kernel_of(inner.args[0])
+            fusion = kernel[1][1] if kernel else None
+            if fusion is None or fusion.combine == "mean" or fusion.post:
                 return None
-            spec, xs, params, _ = kernel
+            spec, xs, params, norms = self._bisr_call(inner.args[0], fusion)
             c_out = fusion.output_channels(spec)
             posts = [inner.args[1], prelu.args[1], call.args[1]]
             if any(not isinstance(p.ty, relax.TensorType) or p.ty.dtype != "float32"
                    or [int(d) for d in p.ty.shape] not in ([c_out], [1, c_out, 1, 1], [c_out, 1, 1]) for p in posts):
                 return None
             posts = [self.builder_.emit(relax.op.reshape(p, (c_out,))) for p in posts]
-            return self._fused_call(spec, Fusion(fusion.combine, post=True), [*xs, *params, *posts])
+            return self._fused_call(spec, dataclasses.replace(fusion, post=True), [*xs, *params, *norms, *posts])
 
 
     return FuseBiSRNetPatterns
