@@ -13,10 +13,10 @@ import click
 
 from ..errors import BisrError
 from ..fileio import atomic_output, load_array
-from ..train.config import DataConfig
-from ..train.datasets import heldout_synthetic, load_cube
+from ..data.config import DataConfig
+from ..data.datasets import heldout_synthetic, load_cube
 from ..train.evaluate import markdown_table, scene_with_mask, score
-from ..train.synthetic import generated_mask
+from ..data.synthetic import generated_mask
 
 
 @click.command("evaluate")

@@ -23,7 +23,7 @@ def compile_module(model: onnx.ModelProto, target: CompileTarget, bitserial: boo
     """ONNX -> (ImportedModel, TVM executable). ``bitserial=False`` keeps BiSRConv in float32 ops."""
     import tvm
 
-    imported = import_onnx(model, target.lanes, bitserial=bitserial, schedule_float=schedule_float)
+    imported = import_onnx(model, target.schedule, bitserial=bitserial, schedule_float=schedule_float)
     try:
         executable = tvm.compile(imported.mod, target=tvm.target.Target(target.tvm_target),
                                  relax_pipeline=cpu_pipeline(target))

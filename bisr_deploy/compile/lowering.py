@@ -26,8 +26,9 @@ import numpy as np
 
 from ..artifact import BISRCONV_PARAMS
 from ..errors import BisrError
-from .bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
+from .bitserial import Fusion, bisrconv_primfunc, prepare_weights
 from .floatconv import Conv2dSpec, conv2d_primfunc
+from .schedule import Schedule
 from .split import BiSRConvNode
 from .upsample import upsample2x_primfunc
 
@@ -54,7 +55,7 @@ class LoweringState:
 
     nodes: list[BiSRConvNode]
     param_values: dict[str, np.ndarray]
-    lanes: int = 16
+    schedule: Schedule = Schedule(lanes=16)
     bitserial: bool = True
     schedule_float: bool = True
     next_node: int = 0
@@ -182,7 +183,7 @@ def lowering_class():
             if [int(v) for v in call.args[1].values] != [2 * h, 2 * w]:
                 return None
             name = f"upsample2x_{c}x{h}x{w}"
-            gv = self._kernel(("upsample2x", (n, c, h, w)), lambda: upsample2x_primfunc((n, c, h, w), self.state.lanes), name)
+            gv = self._kernel(("upsample2x", (n, c, h, w)), lambda: upsample2x_primfunc((n, c, h, w), self.state.schedule.lanes), name)
             self.state.layers.append(LayerInfo(name, "upsample2x", (n, c, h, w), name))
             pairs = relax.call_tir(gv, [x], relax.TensorType([n, c, 2 * h, w, 2], "float32"))
             return relax.op.reshape(pairs, (n, c, 2 * h, 2 * w))
@@ -202,7 +203,7 @@ def lowering_class():
             params = kernel_params(node)
             args = [self._param(f"{node.name}.{k}", v) for k, v in params.items()]
             name = "bisrconv_" + "x".join(str(v) for v in (spec.channels, spec.height, spec.width, *spec.kernel, spec.group))
-            gv = self._kernel(("bisrconv", spec), lambda: bisrconv_primfunc(spec, self.state.lanes), name)
+            gv = self._kernel(("bisrconv", spec), lambda: bisrconv_primfunc(spec, self.state.schedule.lanes, row_band=self.state.schedule.row_band), name)
             self.state.bisr_kernels[name] = (spec, Fusion())
             self.state.layers.append(LayerInfo(node.name, "bisrconv", spec, name))
             return relax.call_tir(gv, [x, *args], relax.TensorType(shape, "float32"))
@@ -226,7 +227,7 @@ def lowering_class():
             spec = Conv2dSpec(xs[0], xs[1], ws[0], xs[2], xs[3], (ws[2], ws[3]), pads, groups)
             name = "conv2d_" + "x".join(str(v) for v in (spec.in_channels, spec.out_channels, spec.height, spec.width,
                                                          *spec.kernel, groups))
-            gv = self._kernel(("conv2d", spec), lambda: conv2d_primfunc(spec, self.state.lanes), name)
+            gv = self._kernel(("conv2d", spec), lambda: conv2d_primfunc(spec, self.state.schedule.lanes), name)
             self.state.layers.append(LayerInfo(name, "conv2d", spec, name))
             out = relax.TensorType([spec.batch, spec.out_channels, spec.out_height, spec.out_width], "float32")
             return relax.call_tir(gv, [x, w], out)
