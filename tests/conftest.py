@@ -59,7 +59,8 @@ def _unmet(mark) -> str | None:
 
 
 # Fixtures that imply a need: a test using one is marked with it at collection.
-FIXTURE_NEEDS = {"arm_env": ("needs_arm_env", "needs_tvm"), "arm_artifact": ("needs_arm_env", "needs_tvm", "needs_data"),
+FIXTURE_NEEDS = {"arm_env": ("needs_arm_env", "needs_tvm"),
+                 "arm_artifact": ("needs_arm_env", "needs_tvm", "needs_data"),
                  "x86_artifact": ("needs_tvm", "needs_data"), "sim_checkpoint": ("needs_data",),
                  "real_checkpoint": ("needs_data",), "kaist": ("needs_data",),
                  "artifact64": ("needs_tvm", "needs_data")}  # tests/test_compile.py

@@ -1,4 +1,5 @@
-"""The fused BiSRConv custom operator (``bisr_deploy.bisrconv_op``, docs/custom-ops.md) as TVM tensor-expression kernels.
+"""The fused BiSRConv custom operator (``bisr_deploy.bisrconv_op``, docs/custom-ops.md) as TVM tensor-expression
+kernels.
 
 One ``BiSRConvSpec`` (shape, kernel, pads, groups) gives one TIR ``PrimFunc`` in three stages:
 
@@ -338,7 +339,8 @@ def _vectorize_row(sch, pack, lanes: int) -> None:
     sch.vectorize(xi)
 
 
-def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(), row_band: int = Schedule.row_band):
+def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
+                      row_band: int = Schedule.row_band):
     """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
     vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
     reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators."""
