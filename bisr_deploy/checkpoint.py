@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import BisrError
-from .fileio import atomic_output, file_sha256, max_array_bytes
+from .fileio import MAX_ARRAY_ENV, atomic_output, file_sha256, max_array_bytes
 from .model import BiSRNet, BiSRNetConfig
 from .safe_pickle import read_tensors
 
@@ -142,7 +142,7 @@ def _check_zip(path: str) -> None:
             declared = sum(info.file_size for info in infos)
             if declared > max_array_bytes():
                 raise BisrError(f"{path}: the archive declares {declared:,} bytes of content, over the input limit "
-                                f"of {max_array_bytes():,} (raise it with BISR_MAX_ARRAY_MB)")
+                                f"of {max_array_bytes():,} (raise it with {MAX_ARRAY_ENV})")
             stored = [i for i in infos if i.compress_type == zipfile.ZIP_STORED and i.file_size > os.path.getsize(path)]
             if stored:
                 raise BisrError(f"{path}: member {stored[0].filename} is larger than the file (truncated or corrupt)")

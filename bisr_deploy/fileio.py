@@ -136,13 +136,11 @@ def atomic_output(path: str | os.PathLike):
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, replaceable, what: str = "--output"):
     """Yield a fresh temporary directory beside ``path``; on success it takes ``path``'s place, on failure it
-    is removed. An existing ``path`` is replaced only if ``replaceable(path)`` is true (checked again just
-    before the swap), else ``BisrError``: a directory the command did not make is never deleted."""
+    is removed. An existing ``path`` is replaced only if ``replaceable(path)`` holds just before the swap, else
+    ``BisrError``: a directory the command did not make is never deleted. Callers check it up front too, before
+    the work (``compile.build.check_artifact_output``)."""
     path = Path(path)
     check_output(path, what, directory=True)
-    if path.exists() and not replaceable(path):
-        raise BisrError(f"{what} {path} exists and is not a bisr-deploy artifact; refusing to replace it "
-                        "(remove it yourself or choose another path)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
@@ -154,8 +152,8 @@ def atomic_directory(path: str | os.PathLike, replaceable, what: str = "--output
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             if not replaceable(path):
-                raise BisrError(f"{what} {path} changed while this command ran and is no longer a bisr-deploy "
-                                "artifact; refusing to replace it")
+                raise BisrError(f"{what} {path} exists and is not a bisr-deploy artifact holding only its own files; "
+                                "refusing to replace it: remove it yourself or choose another path")
             old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
             os.replace(path, old / "replaced")
             os.replace(tmp, path)
@@ -180,6 +178,27 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def checked_copy(source: str | os.PathLike, destination: str | os.PathLike, nbytes: int, sha256: str) -> None:
+    """Copy ``source`` to ``destination``, hashing the bytes as they are copied; ``BisrError`` unless they are
+    ``nbytes`` long with hex digest ``sha256``. What the copy holds is exactly what was checked."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(source, "rb") as src, open(destination, "wb") as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                size += len(chunk)
+                if size > nbytes:
+                    break
+                digest.update(chunk)
+                dst.write(chunk)
+    except OSError as exc:
+        raise BisrError(f"{source}: cannot copy ({exc.strerror})") from exc
+    if size != nbytes:
+        raise BisrError(f"{source}: {'more than ' if size > nbytes else ''}{size} bytes, the manifest says {nbytes} "
+                        "(truncated or replaced)")
+    if digest.hexdigest() != sha256:
+        raise BisrError(f"{source}: sha256 does not match the manifest (the file was modified)")
 
 
 def _pick_key(path: str, keys: list[str], key: str | None) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BisrError
+from .fileio import checked_copy
 
 FORMAT_NAME = "bisr-deploy-artifact"
 FORMAT_VERSION = 1
@@ -99,7 +100,10 @@ def _check_manifest_types(path: Path, manifest: dict) -> None:
     need(isinstance(manifest["params"], list) and all(isinstance(p, str) for p in manifest["params"]),
          "'params' must be a list of names")
     layers = manifest.get("layers", [])
-    need(isinstance(layers, list) and all(isinstance(layer, dict) for layer in layers), "'layers' must be a list of records")
+    need(isinstance(layers, list) and all(isinstance(layer, dict) and all(isinstance(layer.get(k), str)
+                                                                          for k in ("name", "kind", "function"))
+                                          for layer in layers), "'layers' must be records with name, kind, function")
+    need(isinstance(manifest.get("source", {}), dict), "'source' must be a record")
 
 
 def is_artifact(directory: str | os.PathLike) -> bool:
@@ -113,29 +117,9 @@ def is_artifact(directory: str | os.PathLike) -> bool:
         return False
 
 
-def _checked_copy(source: Path, destination: Path, record: dict) -> None:
-    """Copy ``source`` to ``destination`` while hashing the bytes copied; refuse if they differ from ``record``."""
-    import hashlib
-
-    digest, size = hashlib.sha256(), 0
-    try:
-        with open(source, "rb") as src, open(destination, "wb") as dst:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                digest.update(chunk)
-                dst.write(chunk)
-                size += len(chunk)
-                if size > record["bytes"]:
-                    break
-    except OSError as exc:
-        raise BisrError(f"{source}: cannot read ({exc.strerror})") from exc
-    if size != record["bytes"]:
-        raise BisrError(f"{source}: {size} bytes, the manifest says {record['bytes']} (truncated or replaced)")
-    if digest.hexdigest() != record["sha256"]:
-        raise BisrError(f"{source}: sha256 does not match the manifest (the file was modified)")
-
-
 def verified_copy(directory: str | os.PathLike, manifest: dict, private: Path) -> None:
-    """Copy every file the manifest lists into ``private``, checking size and sha256 of the bytes copied.
+    """Copy every file the manifest lists into ``private``, checking size and sha256 of the bytes copied
+    (``fileio.checked_copy``).
 
     The copies, not the originals, are what a loader may then read: no file swapped in the artifact directory
     after the check can be loaded. Raises ``BisrError``."""
@@ -147,7 +131,7 @@ def verified_copy(directory: str | os.PathLike, manifest: dict, private: Path) -
         path = directory / name
         if os.path.basename(name) != name or name in (".", "..", MANIFEST) or not path.is_file():
             raise BisrError(f"{directory}: missing artifact file {name}")
-        _checked_copy(path, private / name, record)
+        checked_copy(path, private / name, record["bytes"], record["sha256"])
 
 
 def artifact_inputs(manifest: dict, measurement, mask) -> list[np.ndarray]:
@@ -268,11 +252,11 @@ def load(directory: str | os.PathLike) -> CompiledModel:
         verified_copy(directory, manifest, private)
         try:
             with np.load(private / PARAMS, allow_pickle=False) as npz:
-                missing = sorted(set(f"p{i:04d}" for i in range(len(manifest["params"]))) - set(npz.files))
-                if missing or len(npz.files) != len(manifest["params"]):
+                names = [f"p{i:04d}" for i in range(len(manifest["params"]))]
+                if sorted(npz.files) != names:
                     raise BisrError(f"{directory / PARAMS}: holds {len(npz.files)} arrays, the manifest lists "
-                                    f"{len(manifest['params'])} parameters")
-                params = [npz[f"p{i:04d}"] for i in range(len(manifest["params"]))]
+                                    f"{len(names)} parameters")
+                params = [npz[name] for name in names]
         except BisrError:
             raise
         except Exception as exc:

@@ -159,7 +159,10 @@ def read_tensors(path: str) -> "OrderedDict[str, torch.Tensor]":
     except (zipfile.BadZipFile, OSError) as exc:
         raise BisrError(f"{path}: not a readable torch checkpoint ({exc})") from exc
     with archive:
-        obj = _load_pickle(archive)
+        try:
+            obj = _load_pickle(archive)
+        except BisrError as exc:
+            raise BisrError(f"{path}: {exc}") from exc
     if isinstance(obj, dict):
         tensors = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))
         if len(tensors) != len(obj):

@@ -104,9 +104,9 @@ def test_an_artifact_with_extra_files_is_not_replaceable(artifact, tmp_path):
     assert runtime.is_artifact(artifact)
     (artifact / "my-results.csv").write_text("1,2")
     assert not runtime.is_artifact(artifact)
-    with pytest.raises(BisrError, match="not a bisr-deploy artifact"):
-        with atomic_directory(artifact, runtime.is_artifact):
-            pass
+    with pytest.raises(BisrError, match="not a bisr-deploy artifact holding only its own files"):
+        with atomic_directory(artifact, runtime.is_artifact) as tmp:
+            (tmp / "new").write_text("x")
     assert (artifact / "my-results.csv").read_text() == "1,2"
     (artifact / "my-results.csv").unlink()
     with atomic_directory(artifact, runtime.is_artifact) as tmp:  # a real artifact is replaced whole

@@ -113,6 +113,6 @@ def check_artifact_output(output: str | os.PathLike, inputs: tuple = ()) -> Path
     artifact with nothing but its own files (``runtime.is_artifact``). Raises ``BisrError``."""
     output = check_output(output, "--output", inputs=inputs, directory=True)
     if output.exists() and not is_artifact(output):
-        raise BisrError(f"--output {output} exists and is not a bisr-deploy artifact (or holds other files); refusing "
-                        "to replace it: remove it yourself or choose another path")
+        raise BisrError(f"--output {output} exists and is not a bisr-deploy artifact holding only its own files; "
+                        "refusing to replace it: remove it yourself or choose another path")
     return output
