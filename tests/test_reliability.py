@@ -388,6 +388,12 @@ def test_an_output_that_names_an_input_is_refused(tmp_path, inputs64):
         assert_one_error_line(code, err, "names an input of this command")
     code, _, err = cli("run", tmp_path, "--measurement", y, "--mask", mask, "--output", mask)
     assert_one_error_line(code, err, "names an input of this command")
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "params.npy").write_bytes(b"artifact file")
+    code, _, err = cli("run", art, "--measurement", y, "--mask", mask, "--output", art / "params.npy")
+    assert_one_error_line(code, err, "names an input of this command")
+    assert (art / "params.npy").read_bytes() == b"artifact file"
     (tmp_path / "link.npy").symlink_to(y)
     code, _, err = cli("reconstruct", "--checkpoint", SIM_PTH, "--measurement", y, "--mask", mask, "--output", tmp_path / "link.npy")
     assert_one_error_line(code, err, "names an input of this command")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..fileio import ARRAY_OUTPUT_SUFFIXES, check_output, load_array, save_array
@@ -22,7 +24,7 @@ def run_command(artifact, measurement, mask_path, key, mask_key, threads, output
     from .. import emulation
     from ..runtime import load, read_manifest, set_num_threads
 
-    check_output(output, "--output", ARRAY_OUTPUT_SUFFIXES, (measurement, mask_path))
+    check_output(output, "--output", ARRAY_OUTPUT_SUFFIXES, (measurement, mask_path, *Path(artifact).glob("*")))
     y = load_array(measurement, key)
     mask = load_array(mask_path, mask_key) if mask_path else None
     if emulation.is_foreign(read_manifest(artifact)):

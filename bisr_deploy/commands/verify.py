@@ -37,7 +37,7 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
     from .. import emulation, runtime
 
     if json_path:
-        check_output(json_path, "--json", (".json",), (checkpoint_path, mask_path))
+        check_output(json_path, "--json", (".json",), (checkpoint_path, mask_path, *Path(artifact).glob("*")))
     manifest = runtime.read_manifest(artifact)
     ckpt = load_checkpoint(checkpoint_path)
     if ckpt.config.mode != manifest["mode"]:
