@@ -8,10 +8,10 @@ errors, 11 declared sizes before allocating, 12 temp siblings left by kill -9.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import save_file
 
 from bisr_deploy import runtime
 from bisr_deploy.checkpoint import load_checkpoint, save_checkpoint
@@ -104,6 +103,8 @@ def test_an_artifact_with_extra_files_is_not_replaceable(artifact, tmp_path):
     assert runtime.is_artifact(artifact)
     (artifact / "my-results.csv").write_text("1,2")
     assert not runtime.is_artifact(artifact)
+    code, _, err = cli("compile", "--checkpoint", SIM_PTH, "--height", 64, "--width", 64, "--output", artifact)
+    assert_one_error_line(code, err, "not a bisr-deploy artifact holding only its own files")
     with pytest.raises(BisrError, match="not a bisr-deploy artifact holding only its own files"):
         with atomic_directory(artifact, runtime.is_artifact) as tmp:
             (tmp / "new").write_text("x")
@@ -304,7 +305,7 @@ def test_manifest_shapes_and_params_are_checked(artifact, inputs64, tmp_path):
     def fewer(m):
         m["params"] = m["params"][:-1]
         m["files"][runtime.PARAMS] = {"bytes": (artifact / runtime.PARAMS).stat().st_size,
-                                      "sha256": __import__("hashlib").sha256((artifact / runtime.PARAMS).read_bytes()).hexdigest()}
+                                      "sha256": hashlib.sha256((artifact / runtime.PARAMS).read_bytes()).hexdigest()}
 
     _rewrite_manifest(artifact, fewer)
     code, _, err = cli("run", artifact, "--measurement", inputs64[0], "--mask", inputs64[1], "--output", tmp_path / "c.npy")
