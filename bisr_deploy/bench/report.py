@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..fileio import atomic_output
 
+REPORT_FILES = ("bench.json", "bench.md", "bench.png")  # written into the output directory
+
 
 def _speedups(report) -> dict:
     med = {(r["backend"], r["threads"]): r["median_ms"] for r in report["results"]}
@@ -93,11 +95,12 @@ def write_reports(report: dict, out_dir: Path) -> list[str]:
     """Add the speed-ups to ``report``, write bench.json, bench.md and bench.png into ``out_dir`` (atomically);
     return the console summary lines."""
     report["speedups_vs_onnxruntime"] = _speedups(report)
-    with atomic_output(out_dir / "bench.json") as tmp:
+    json_path, md_path, png_path = (out_dir / name for name in REPORT_FILES)
+    with atomic_output(json_path) as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
-    with atomic_output(out_dir / "bench.md") as tmp:
+    with atomic_output(md_path) as tmp:
         Path(tmp).write_text(_markdown(report))
-    _plot(report, out_dir / "bench.png")
+    _plot(report, png_path)
     lines = [f"{'backend':<18}{'threads':>8}{'median ms':>12}{'min':>9}{'max':>9}{'peak MiB':>10}"]
     for r in report["results"]:
         peak = f"{r['peak_mib']:.1f}" if r["peak_mib"] is not None else "n/a"
@@ -107,5 +110,5 @@ def write_reports(report: dict, out_dir: Path) -> list[str]:
     if "artifact_bytes" in report:
         lines.append(f"artifact size {report['artifact_bytes'] / 1e6:.2f} MB")
     lines.append("speed-up vs ONNX Runtime: " + ", ".join(f"{k} {v}x" for k, v in report["speedups_vs_onnxruntime"].items()))
-    lines.append(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
+    lines.append(f"wrote {json_path}, {md_path}, {png_path}")
     return lines

@@ -14,7 +14,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..bench.report import REPORT_FILES
 from ..errors import BisrError
+from ..fileio import check_output
 from ..hostcpu import cpu_model_name
 
 BACKENDS = ("compiled", "onnxruntime-fp32", "tvm-fp32", "pytorch-eager")
@@ -64,6 +66,8 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
     out_dir = Path(output_dir)
     if not out_dir.is_dir():
         raise BisrError(f"--output-dir {out_dir} does not exist")
+    for name in REPORT_FILES:  # bisr_deploy.bench.report writes these
+        check_output(out_dir / name, "--output-dir", inputs=(checkpoint_path,))
     if repeat < 1:
         raise BisrError("--repeat must be at least 1")
     ckpt = load_checkpoint(checkpoint_path, mode)
