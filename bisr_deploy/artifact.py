@@ -9,8 +9,9 @@ An artifact is a directory (format ``bisr-deploy-artifact``, version 1):
                         size and sha256 of every other file
 
 This module is the one home of that contract: the builder (``compile.build``) writes through ``write``, the
-runtime, verify, profile and the commands read through ``read_manifest`` / ``verify_files`` / ``read_params``.
-The C++ loader (``targets/native/bisr_native.cc``) mirrors ``read_manifest`` and ``verify_files``; a change
+runtime, verify, profile and the commands read through ``read_manifest`` / ``verified_copy`` / ``read_params``.
+An existing directory is replaced only when ``is_artifact`` (a valid manifest and nothing but its files).
+The C++ loader (``targets/native/bisr_native.cc``) mirrors ``read_manifest`` and the file checks; a change
 here is a change there. Needs numpy only (no TVM, no ONNX), so a deployed runtime ships without the compiler.
 """
 
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -27,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import BisrError
-from .fileio import file_sha256
+from .fileio import atomic_directory, check_output, checked_copy, file_sha256
 
 FORMAT_NAME = "bisr-deploy-artifact"
 FORMAT_VERSION = 1
@@ -144,6 +143,7 @@ class Manifest:
         for key in ("inputs", "output", "target", "files", "params", "mode"):
             if key not in data:
                 raise BisrError(f"{where}: manifest lacks {key!r}")
+        _check_types(where, data)
 
         def record(kind, value):
             names = {f.name for f in fields(kind)}
@@ -157,6 +157,46 @@ class Manifest:
                    versions=data.get("versions", {}), source=data.get("source", {}), params=list(data["params"]),
                    layers=[record(LayerRecord, layer) for layer in data.get("layers", [])],
                    files={name: record(FileRecord, r) for name, r in data["files"].items()})
+
+
+def _is_shape(value, rank: int) -> bool:
+    return (isinstance(value, list) and len(value) == rank
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value))
+
+
+def _check_types(where: str, manifest: dict) -> None:
+    """The manifest's fields have the types and shapes that the loaders rely on. Raises ``BisrError``."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise BisrError(f"{where}: malformed manifest: {what}")
+
+    need(manifest["mode"] in ("sim", "real"), "'mode' must be \"sim\" or \"real\"")
+    inputs = manifest["inputs"]
+    need(isinstance(inputs, list) and len(inputs) == (2 if manifest["mode"] == "sim" else 1),
+         "'inputs' must list the measurement (and the mask for sim mode)")
+    need(all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in inputs), "'inputs' entries need a name")
+    need(_is_shape(inputs[0].get("shape"), 3), "the measurement's shape must be 3 positive integers")
+    need(len(inputs) == 1 or _is_shape(inputs[1].get("shape"), 3), "the mask's shape must be 3 positive integers")
+    output = manifest["output"]
+    need(isinstance(output, dict) and _is_shape(output.get("shape"), 4), "'output' needs a shape of 4 positive integers")
+    target = manifest["target"]
+    need(isinstance(target, dict) and isinstance(target.get("triple"), str), "'target' must be a record with a triple")
+    features = target.get("required_cpu_features", [])
+    need(isinstance(features, list) and all(isinstance(f, str) for f in features),
+         "'target.required_cpu_features' must be a list of names")
+    files = manifest["files"]
+    need(isinstance(files, dict), "'files' must map file names to records")
+    for name, record in files.items():
+        need(isinstance(record, dict) and isinstance(record.get("sha256"), str)
+             and isinstance(record.get("bytes"), int) and not isinstance(record.get("bytes"), bool),
+             f"'files' entry {name!r} needs sha256 and bytes")
+    need(isinstance(manifest["params"], list) and all(isinstance(p, str) for p in manifest["params"]),
+         "'params' must be a list of names")
+    layers = manifest.get("layers", [])
+    need(isinstance(layers, list) and all(isinstance(layer, dict) and all(isinstance(layer.get(k), str)
+                                                                          for k in ("name", "kind", "function"))
+                                          for layer in layers), "'layers' must be records with name, kind, function")
+    need(isinstance(manifest.get("source", {}), dict), "'source' must be a record")
 
 
 def read_manifest(directory: str | os.PathLike) -> Manifest:
@@ -174,54 +214,66 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
     return Manifest.from_json(data, str(path))
 
 
-def verify_files(directory: str | os.PathLike, manifest: Manifest) -> None:
-    """Every listed file exists with the recorded size and sha256. Raises ``BisrError``."""
+def is_artifact(directory: str | os.PathLike) -> bool:
+    """True if ``directory`` holds a valid artifact manifest and nothing but the manifest and the files it
+    lists: the only kind of existing directory that ``bisr-deploy compile --output`` replaces."""
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+        return {entry.name for entry in directory.iterdir()} == {MANIFEST, *manifest.files}
+    except (BisrError, OSError):
+        return False
+
+
+def verified_copy(directory: str | os.PathLike, manifest: Manifest, private: Path) -> None:
+    """Copy every file the manifest lists into ``private``, checking size and sha256 of the bytes copied
+    (``fileio.checked_copy``).
+
+    The copies, not the originals, are what a loader may then read: no file swapped in the artifact directory
+    after the check can be loaded. Raises ``BisrError``."""
     directory = Path(directory)
     for name in (LIBRARY, PARAMS):
         if name not in manifest.files:
             raise BisrError(f"{directory}: manifest does not list {name}")
     for name, record in manifest.files.items():
         path = directory / name
-        if os.path.basename(name) != name or not path.is_file():
+        if os.path.basename(name) != name or name in (".", "..", MANIFEST) or not path.is_file():
             raise BisrError(f"{directory}: missing artifact file {name}")
-        size = path.stat().st_size
-        if size != record.bytes:
-            raise BisrError(f"{path}: {size} bytes, the manifest says {record.bytes} (truncated or replaced)")
-        if file_sha256(path) != record.sha256:
-            raise BisrError(f"{path}: sha256 does not match the manifest (the file was modified)")
+        checked_copy(path, private / name, record.bytes, record.sha256)
 
 
-def read_params(directory: str | os.PathLike, manifest: Manifest) -> list[np.ndarray]:
-    """The weights of ``params.npz`` in ``manifest.params`` order (no pickles). Raises ``BisrError``."""
-    path = Path(directory) / PARAMS
+def read_params(directory: str | os.PathLike, manifest: Manifest, where: str | os.PathLike) -> list[np.ndarray]:
+    """The weights of ``directory``'s ``params.npz`` in ``manifest.params`` order (no pickles); ``where`` names
+    the file in messages (the artifact's, when ``directory`` holds a verified copy). Raises ``BisrError``."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return [npz[f"p{i:04d}"] for i in range(len(manifest.params))]
-    except (OSError, KeyError, ValueError) as exc:
-        raise BisrError(f"{path}: cannot read the parameters ({exc})") from exc
+        with np.load(Path(directory) / PARAMS, allow_pickle=False) as npz:
+            names = [f"p{i:04d}" for i in range(len(manifest.params))]
+            if sorted(npz.files) != names:
+                raise BisrError(f"{where}: holds {len(npz.files)} arrays, the manifest lists {len(names)} parameters")
+            return [npz[name] for name in names]
+    except BisrError:
+        raise
+    except Exception as exc:
+        raise BisrError(f"{where}: cannot read the parameters ({exc})") from exc
 
 
-def check_writable(output: str | os.PathLike) -> None:
-    """Refuse (``BisrError``) an ``output`` that exists and is not an artifact, or whose parent cannot be
-    made; checked before a long build."""
-    output = Path(output)
-    if output.exists() and not (output / MANIFEST).is_file():
-        raise BisrError(f"{output} exists and is not a bisr-deploy artifact; refusing to overwrite it")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BisrError(f"cannot write {output}: {exc.strerror} ({output.parent})") from exc
+def check_output_dir(output: str | os.PathLike, inputs: tuple = ()) -> Path:
+    """``output`` as a Path if an artifact may be written there: its parent exists and it is absent or an
+    artifact with nothing but its own files (``is_artifact``). Raises ``BisrError``."""
+    output = check_output(output, "--output", inputs=inputs, directory=True)
+    if output.exists() and not is_artifact(output):
+        raise BisrError(f"--output {output} exists and is not a bisr-deploy artifact holding only its own files; "
+                        "refusing to replace it: remove it yourself or choose another path")
+    return output
 
 
 def write(output: str | os.PathLike, manifest: Manifest, write_library: Callable[[Path], None],
           params: list[np.ndarray]) -> Manifest:
-    """Write the artifact directory ``output`` atomically: ``write_library(path)`` writes ``model.so``, then
-    the params and the manifest (with ``files`` filled in) go beside it in a temporary sibling, which is
-    renamed into place (an older artifact there is replaced; a failure leaves nothing). Returns the manifest."""
-    output = Path(output)
-    check_writable(output)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
+    """Write the artifact directory ``output`` all-or-nothing (``fileio.atomic_directory``; an existing one is
+    replaced only if ``is_artifact``): ``write_library(path)`` writes ``model.so``, then the params and the
+    manifest (with ``files`` filled in). Returns the manifest."""
+    with atomic_directory(output, is_artifact) as tmp:
+        tmp = Path(tmp)
         write_library(tmp / LIBRARY)
         with open(tmp / PARAMS, "wb") as fh:
             np.savez(fh, **{f"p{i:04d}": array for i, array in enumerate(params)})
@@ -229,14 +281,4 @@ def write(output: str | os.PathLike, manifest: Manifest, write_library: Callable
                  for name in (LIBRARY, PARAMS)}
         manifest = replace(manifest, files=files)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
-        if output.exists():  # replacing an older artifact: move it aside first, then swap
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-            os.replace(output, old / "artifact")
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

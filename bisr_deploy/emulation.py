@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import Manifest, read_manifest
+from .compile.targets import TARGETS
 from .cross import SETUP_HINT, require_tool
 from .errors import BisrError
 from .hostcpu import host_arch, triple_arch
 
+QEMU = TARGETS["arm"].emulator  # the environment below is the aarch64 Linux one
+
 ENV_VAR = "BISR_ARM_ENV"
-QEMU = "qemu-aarch64"
 GUEST_PYTHON = "usr/bin/python3.11"
 MANIFEST = "env.json"
 
@@ -151,8 +153,10 @@ for j, name in enumerate(json.load(open(f"{{work}}/layers.json"))):
 
 
 def is_foreign(manifest: Manifest) -> bool:
-    """True when the artifact's code is aarch64 and this machine is not (so it must run under emulation)."""
-    return triple_arch(manifest.target.triple) == "aarch64" and host_arch() != "aarch64"
+    """True when the artifact's code is for another architecture and its target has an emulator (aarch64 on
+    x86_64: it must run under qemu)."""
+    entry = TARGETS.get(manifest.target.arch)
+    return triple_arch(manifest.target.triple) != host_arch() and entry is not None and entry.emulator is not None
 
 
 def run_emulated(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np.ndarray | None]],

@@ -10,19 +10,32 @@ with the same interface as the exported ONNX graph (inputs ``measurement`` [1, H
 for simulation-mode models; output ``cube`` [1, 28, H, W]), and ``model.run_bisrconv(name, x)``, which runs
 one compiled BiSRConv kernel alone (per-layer parity checks). Every refusal is a ``BisrError``.
 
+Integrity, not authenticity: ``load`` copies ``model.so`` and ``params.npz`` into a private directory (mode
+0700) and hashes and loads that copy, so the bytes that run are the bytes that were checked, whatever happens
+to the artifact directory meanwhile. The sha256 values in the manifest catch damage, partial copies and
+files swapped after compilation; they do not prove who made the artifact: anyone who can write the directory
+can write a matching manifest. Load artifacts only from places you trust as much as your own code.
+
+Threads: one ``CompiledModel`` may be called from any number of Python threads; calls run one at a time (a
+lock per model: the Relax VM keeps per-call state in the model) and give the serial results. Each call
+already uses every core through TVM's thread pool, so concurrent callers queue rather than speed up.
+
 Needs numpy and TVM's runtime only: it imports nothing of the compiler, the exporter or the trainer, nor torch,
-onnx or onnxruntime (tests/test_runtime.py checks), so an app or a board installs it without the toolchain.
+onnx or onnxruntime (tests/test_layout.py checks), so an app or a board installs it without the toolchain.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from . import artifact
-from .artifact import Manifest
+from .artifact import Manifest, verified_copy
 from .errors import BisrError
 from .hostcpu import check_runnable
 from .snapshot import validate_inputs
@@ -61,38 +74,34 @@ class CompiledModel:
         self._params = params
         self._inputs = [tvm.runtime.empty(record.shape, record.dtype) for record in manifest.inputs]  # refilled per run
         self._tvm = tvm
-
-    def input_tensors(self, measurement: np.ndarray, mask: np.ndarray | None = None) -> list:
-        """Validate (``artifact_inputs``) and copy the inputs into the TVM tensors ``run_tensors`` takes (the
-        instance's own input buffers, overwritten by the next call)."""
-        return self._tensors(artifact_inputs(self.manifest, measurement, mask))
-
-    def run_tensors(self, tensors: list):
-        """Run the VM on the artifact's input tensors; returns its output tensor [1, C, H, W]."""
-        return self._main(*tensors)
-
-    @staticmethod
-    def output_array(tensor) -> np.ndarray:
-        """The VM's output tensor as a numpy array without a copy: it views the VM's pooled buffer, which goes
-        back to the pool for the next run when the array dies."""
-        return np.from_dlpack(tensor)
+        self._lock = threading.Lock()  # the VM and the input buffers: one call at a time (module docstring)
 
     def run_raw(self, arrays: list[np.ndarray]) -> np.ndarray:
-        """Run the VM on already validated [1, ...] float32 input arrays; returns [1, C, H, W]."""
-        return self.output_array(self.run_tensors(self._tensors(arrays)))
+        """Run the VM on already validated [1, ...] float32 input arrays; returns [1, C, H, W], a view of the
+        VM's output buffer (no copy): the buffer goes back to the VM's pool, for a later run, when the array
+        dies, and is never handed out while the array lives."""
+        with self._lock:
+            for tensor, array in zip(self._inputs, arrays):
+                tensor.copyfrom(np.ascontiguousarray(array))
+            try:
+                out = self._main(*self._inputs)
+            except Exception as exc:  # a consistent but wrong artifact (e.g. params that do not fit its code)
+                text = str(exc).strip()
+                raise BisrError(f"{self.directory}: the compiled model failed "
+                                f"({text.splitlines()[-1] if text else exc.__class__.__name__})") from exc
+        if list(out.shape) != self.manifest.output.shape:
+            raise BisrError(f"{self.directory}: the compiled model returned {list(out.shape)}, its manifest says "
+                            f"{self.manifest.output.shape}")
+        return np.from_dlpack(out)
 
     def __call__(self, measurement: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        return self.output_array(self.run_tensors(self.input_tensors(measurement, mask)))[0]
-
-    def _tensors(self, arrays: list[np.ndarray]) -> list:
-        for tensor, array in zip(self._inputs, arrays):
-            tensor.copyfrom(np.ascontiguousarray(array))
-        return self._inputs
+        return self.run_raw(artifact_inputs(self.manifest, measurement, mask))[0]
 
     def set_instrument(self, hook) -> None:
         """Install (None: remove) a Relax VM instrument hook, called around every VM call as
         ``hook(func, name, before_run, ret_value, *args)`` (it returns 0); for per-call profiling."""
-        self._vm.set_instrument(hook)
+        with self._lock:
+            self._vm.set_instrument(hook)
 
     def bisrconv_layers(self) -> list[str]:
         """Names (ONNX node = PyTorch module path) of the compiled BiSRConvs, in graph order."""
@@ -110,7 +119,8 @@ class CompiledModel:
         index = {param: i for i, param in enumerate(self.manifest.params)}
         params = [self._params[index[param]] for param in layer.param_names]
         out = self._tvm.runtime.empty(x.shape, "float32")
-        self._library.get_function(layer.function, query_imports=True)(self._tvm.runtime.tensor(x), *params, out)
+        with self._lock:
+            self._library.get_function(layer.function, query_imports=True)(self._tvm.runtime.tensor(x), *params, out)
         return out.numpy()
 
 
@@ -139,15 +149,20 @@ def load(directory: str | os.PathLike) -> CompiledModel:
     """Verify and load the artifact in ``directory`` (see module docstring). Raises ``BisrError``."""
     directory = Path(directory)
     manifest = artifact.read_manifest(directory)
-    artifact.verify_files(directory, manifest)
     default_threads()
     target = manifest.target
     check_runnable(target.triple, target.required_cpu_features, f"{directory} (compiled for cpu {target.cpu})")
     import tvm
 
-    params = artifact.read_params(directory, manifest)
+    private = Path(tempfile.mkdtemp(prefix="bisr-artifact-"))  # mode 0700: only this user can swap files in it
     try:
-        library = tvm.runtime.load_module(str(directory / artifact.LIBRARY))
-    except Exception as exc:
-        raise BisrError(f"{directory / artifact.LIBRARY}: cannot load the compiled library ({str(exc).splitlines()[0]})") from exc
+        verified_copy(directory, manifest, private)
+        params = artifact.read_params(private, manifest, directory / artifact.PARAMS)
+        try:
+            library = tvm.runtime.load_module(str(private / artifact.LIBRARY))
+        except Exception as exc:
+            raise BisrError(f"{directory / artifact.LIBRARY}: cannot load the compiled library "
+                            f"({str(exc).splitlines()[0]})") from exc
+    finally:
+        shutil.rmtree(private, ignore_errors=True)  # the loaded library stays mapped; nothing reads the copies again
     return CompiledModel(directory, manifest, library, [tvm.runtime.tensor(p) for p in params])

@@ -120,7 +120,7 @@ def default_mask(mode: str, height: int, width: int) -> np.ndarray:
         mask = load_array(path, "mask")
         if mask.shape[0] >= height and mask.shape[1] >= width:
             return crop_mask(mask, height, width)
-    from .train.synthetic import generated_mask
+    from .data.synthetic import generated_mask
 
     return generated_mask(height, width, 0)
 
@@ -134,8 +134,8 @@ def _scene(name: str, truth: np.ndarray, aperture: np.ndarray, mode: str) -> Sce
 def ground_truth_scenes(folder: Path, height: int, width: int, aperture: np.ndarray, mode: str,
                         skipped: list[str]) -> list[Scene]:
     """Top-left height x width crops of every cube in ``folder`` (recursively); smaller cubes are skipped."""
-    from .train.config import DataConfig
-    from .train.datasets import load_cube
+    from .data.config import DataConfig
+    from .data.datasets import load_cube
 
     config = DataConfig(keys=CUBE_KEYS)
     scenes = []
@@ -151,7 +151,7 @@ def ground_truth_scenes(folder: Path, height: int, width: int, aperture: np.ndar
 
 def synthetic_scenes(count: int, height: int, width: int, aperture: np.ndarray, mode: str) -> list[Scene]:
     """Held-out synthetic scenes (odd seeds; training uses even ones)."""
-    from .train.synthetic import synthetic_scene
+    from .data.synthetic import synthetic_scene
 
     scenes = []
     for i in range(count):

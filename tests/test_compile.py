@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,10 +23,10 @@ from bisr_deploy.errors import BisrError
 from bisr_deploy.export.graph import bisr_conv_initializers
 from bisr_deploy.model import BiSRConv
 
-tvm = pytest.importorskip("tvm")
+from .conftest import SIM_PTH
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SIM_PTH = SHARED / "data" / "bisci-official" / "simulation" / "bisrnet.pth"
+pytestmark = pytest.mark.needs_tvm
+tvm = pytest.importorskip("tvm")
 TARGET = resolve_target("x86", "native")
 
 
@@ -214,7 +213,7 @@ def _disassemble(path: Path) -> str:
                           text=True).stdout
 
 
-@pytest.mark.skipif(shutil.which("objdump") is None, reason="binutils objdump not installed")
+@pytest.mark.needs_tool("objdump")
 @pytest.mark.parametrize("cpu,popcount", [("znver4", r"vpopcntd\s+%zmm"), ("skylake-avx512", None), ("haswell", None)])
 def test_cpu_choice_picks_instruction_set(cpu, popcount, tmp_path):
     from bisr_deploy.hostcpu import host_cpu_flags
@@ -315,8 +314,7 @@ def test_hand_built_model_compiles_and_matches_reference():
 
 @pytest.fixture(scope="module")
 def artifact64(tmp_path_factory):
-    if not SIM_PTH.is_file():
-        pytest.skip("reference checkpoint not available")
+    """The simulation checkpoint compiled for this machine at 64 x 64 (tests using it are marked needs_data)."""
     from bisr_deploy.compile.build import build_artifact
     from bisr_deploy.export import export_onnx
 
@@ -348,10 +346,9 @@ def test_compiled_network_matches_onnxruntime(artifact64):
     assert np.median(diff) < 1e-6 and np.mean(diff > 1e-4) < 0.01 and diff.max() < 0.05
 
 
-@pytest.mark.skipif(shutil.which("objdump") is None, reason="binutils objdump not installed")
+@pytest.mark.needs_tool("objdump")
+@pytest.mark.needs_cpu("avx512_vpopcntdq")
 def test_library_uses_vector_popcount_in_binary_kernels(artifact64):
-    if not TARGET.has_vector_popcount:
-        pytest.skip("this CPU has no AVX-512 VPOPCNTDQ")
     out, _ = artifact64
     asm = _disassemble(out / "model.so")
     functions = re.split(r"\n(?=[0-9a-f]+ <)", asm)

@@ -10,8 +10,8 @@ import torch
 from bisr_deploy.cassi import simulate_snapshot
 from bisr_deploy.errors import BisrError
 from bisr_deploy.frontend import SnapshotFrontend
-from bisr_deploy.train.config import DataConfig
-from bisr_deploy.train.datasets import (
+from bisr_deploy.data.config import DataConfig
+from bisr_deploy.data.datasets import (
     SHOT_BITS,
     SHOT_QE,
     SampleMaker,
@@ -23,10 +23,10 @@ from bisr_deploy.train.datasets import (
     load_mask,
     shot_noise,
 )
-from bisr_deploy.train.spectra import CASSI_WAVELENGTHS, CAVE_WAVELENGTHS, resample_matrix, to_cassi_bands
-from bisr_deploy.train.synthetic import generated_mask, reflectance_library, synthetic_scene
+from bisr_deploy.data.spectra import CASSI_WAVELENGTHS, CAVE_WAVELENGTHS, resample_matrix, to_cassi_bands
+from bisr_deploy.data.synthetic import generated_mask, reflectance_library, synthetic_scene
 
-from .conftest import REPO, SHARED, STANDARD_MASK
+from .conftest import CAVE_SCENES, REPO, STANDARD_MASK
 
 
 def _cave_like(h=20, w=24, seed=0) -> np.ndarray:
@@ -105,7 +105,7 @@ def test_bad_data_folders(tmp_path):
 
 
 def test_real_cave_scenes_load_with_their_keys():
-    folder = SHARED / "hsi-scenes" / "cave"
+    folder = CAVE_SCENES
     cubes = dict(load_folder(folder, DataConfig(keys=["NRD", "Omsi", "msi"]), 64))
     assert len(cubes) == 8
     cloth = cubes["cloth_ms_256.mat"]

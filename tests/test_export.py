@@ -22,9 +22,11 @@ from bisr_deploy.metrics import psnr
 from bisr_deploy.model import BiSRConv
 from bisr_deploy.reconstruct import reconstruct
 
-from .conftest import REAL_SCENES, SHARED, SIM_PTH, STANDARD_MASK
+from .conftest import CAVE_SCENES, REAL_SCENES, SIM_PTH, STANDARD_MASK
 
-CAVE_CLOTH = SHARED / "hsi-scenes" / "cave" / "cloth_ms_256.mat"
+pytestmark = pytest.mark.needs_data
+
+CAVE_CLOTH = CAVE_SCENES / "cloth_ms_256.mat"
 
 N_BINARY_WEIGHTS = 611_072
 
@@ -219,7 +221,7 @@ def test_end_to_end_psnr_kaist(sim_checkpoint, kaist):
 
 def test_end_to_end_standard_mask_scene(sim_checkpoint):
     """A second scene: a 64 x 64 crop of a CAVE scene (resampled to the 28 bands) under the standard mask."""
-    from bisr_deploy.train.spectra import CAVE_WAVELENGTHS, to_cassi_bands
+    from bisr_deploy.data.spectra import CAVE_WAVELENGTHS, to_cassi_bands
 
     raw = load_array(CAVE_CLOTH, "NRD")[96:160, 96:160].astype(np.float64) / 65535.0
     cube = np.clip(to_cassi_bands(np.ascontiguousarray(raw.transpose(2, 0, 1)), CAVE_WAVELENGTHS), 0, 1)

@@ -6,13 +6,12 @@ The disassembly tests need aarch64-linux-gnu-objdump (and objdump for x86); CI i
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from bisr_deploy import instruction_mix as im
+from bisr_deploy.analysis import instruction_mix as im
 from bisr_deploy.compile.bitserial import BiSRConvSpec
 from bisr_deploy.compile.targets import resolve_target
 from bisr_deploy.errors import BisrError
@@ -23,9 +22,8 @@ DENSE_1X1_28 = BiSRConvSpec(1, 28, 8, 8, (1, 1), (0, 0, 0, 0), 1)
 DENSE_3X3_56 = BiSRConvSpec(1, 56, 8, 8, (3, 3), (1, 1, 1, 1), 1)
 GROUPED_3X3_112 = BiSRConvSpec(1, 112, 8, 8, (3, 3), (1, 1, 1, 1), 28)  # 4 channels per group
 
-needs_arm_objdump = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None,
-                                       reason="no aarch64-linux-gnu-objdump (.ci/setup-arm.sh installs it)")
-needs_objdump = pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump (binutils)")
+needs_arm_objdump = pytest.mark.needs_tool("aarch64-linux-gnu-objdump")
+needs_objdump = pytest.mark.needs_tool("objdump")
 
 
 def test_tir_popcounts_per_output_equal_the_hand_count():

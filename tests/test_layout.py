@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -85,3 +86,38 @@ def test_runtime_runs_without_the_toolchain(x86_artifact):
     assert [m for m in result["modules"] if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)] == []
     assert "bisr_deploy" not in result["attempts"]
     assert {"bisr_deploy.artifact", "bisr_deploy.runtime", "tvm"} <= set(result["modules"])
+
+
+_PROBE = """
+import pytest
+from tests.conftest import EXPECTED
+
+def test_skips_for_no_stated_reason():
+    pytest.skip("the data is not there")
+
+def test_skips_for_a_reason_ci_expects():
+    pytest.skip(EXPECTED + "this CPU lacks avx512_vpopcntdq")
+
+@pytest.mark.needs_tool("no-such-program-bisr")
+def test_needs_a_missing_tool():
+    pass
+"""
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_unexpected_skips_fail_in_ci(ci, tmp_path):
+    """tests/conftest.py's hooks: locally every skip stays a skip; with CI=true only an expected one does."""
+    (tmp_path / "conftest.py").write_text("from tests.conftest import pytest_runtest_makereport, pytest_runtest_setup"
+                                          "  # noqa: F401\n")
+    (tmp_path / "test_probe.py").write_text(_PROBE)
+    env = {**os.environ, "CI": ci, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore",
+                           str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    summary = proc.stdout.strip().splitlines()[-1]
+    if ci:
+        # a skip in the test body fails it; one from an unmet marker (setup) is an error
+        assert proc.returncode == 1 and "1 failed, 1 skipped, 1 error" in summary, proc.stdout
+        assert "unexpected skip in CI: Skipped: the data is not there" in proc.stdout
+        assert "unexpected skip in CI: Skipped: needs no-such-program-bisr on PATH" in proc.stdout
+    else:
+        assert proc.returncode == 0 and "3 skipped" in summary, proc.stdout

@@ -15,6 +15,8 @@ from bisr_deploy.fileio import file_sha256
 
 from .conftest import KAIST_NPZ, REAL_PTH, SIM_PTH
 
+pytestmark = [pytest.mark.needs_tvm, pytest.mark.needs_data]
+
 
 def run_verify(artifact, *extra):
     return subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "verify", str(artifact), "--checkpoint", str(SIM_PTH),

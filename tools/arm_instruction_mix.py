@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Instruction mix of BiSRNet's bitserial BiSR-Conv kernels on ARM (NEON) and x86: popcounts per output
-from the lowered TIR, static instruction counts from the disassembly (``bisr_deploy/instruction_mix.py``).
+from the lowered TIR, static instruction counts from the disassembly (``bisr_deploy/analysis/instruction_mix.py``).
 
 Every distinct BiSR-Conv kernel of ``BiSRNet()`` at --height x --width (``model_kernel_shapes``) is scheduled
 and compiled for aarch64 (``--target arm``: 4 uint32 lanes) and for each --x86-cpu, without linking; nothing
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bisr_deploy import instruction_mix as im  # noqa: E402
+from bisr_deploy.analysis import instruction_mix as im  # noqa: E402
 from bisr_deploy.artifact import read_manifest  # noqa: E402
 from bisr_deploy.errors import BisrError  # noqa: E402
 from bisr_deploy.fileio import atomic_output  # noqa: E402

@@ -85,8 +85,8 @@ def tvm_import(exported: onnx.ModelProto) -> str:
 
 def sim_scenes(size: int):
     """(name, cube [28, size, size], mask [size, size]) with ground truth."""
-    from bisr_deploy.train.spectra import CAVE_WAVELENGTHS, to_cassi_bands
-    from bisr_deploy.train.synthetic import synthetic_scene
+    from bisr_deploy.data.spectra import CAVE_WAVELENGTHS, to_cassi_bands
+    from bisr_deploy.data.synthetic import synthetic_scene
 
     mask = load_array(STANDARD_MASK, "mask").astype(np.float32)[:size, :size]
     if size == 128:

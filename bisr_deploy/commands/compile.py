@@ -7,7 +7,7 @@ import os
 import click
 
 from ..fileio import file_sha256
-from ..compile.targets import ARM_ARCHES, ARM_CPUS, X86_CPUS
+from ..compile.targets import ALL_CPUS, TARGETS
 from ..errors import BisrError
 
 
@@ -41,9 +41,9 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
 @click.argument("model_path", required=False, type=click.Path(dir_okay=False))
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
               help="Compile a checkpoint (exported on the fly) instead of an ONNX file; default: the shipped one.")
-@click.option("--target", "arch", type=click.Choice(["x86", *ARM_ARCHES]), default="x86", show_default=True,
+@click.option("--target", "arch", type=click.Choice(list(TARGETS)), default="x86", show_default=True,
               help="x86, arm (aarch64 Linux, NEON) or android-arm64 (needs the NDK); ARM: docs/arm.md.")
-@click.option("--cpu", type=click.Choice(list(dict.fromkeys(X86_CPUS + ARM_CPUS))), default="native", show_default=True,
+@click.option("--cpu", type=click.Choice(list(ALL_CPUS)), default="native", show_default=True,
               help="Instruction set: znver4 (AVX-512 + VPOPCNTDQ), skylake-avx512, haswell (AVX2), native; "
                    "ARM: generic (= native).")
 @click.option("--ndk", type=click.Path(file_okay=False), default=None,
@@ -54,9 +54,11 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
 def compile_command(model_path, checkpoint_path, arch, cpu, ndk, height, width, mode, output):
     """Compile BiSRNet to a native artifact (shared library + parameters + manifest)."""
+    from ..artifact import check_output_dir
     from ..compile.build import build_artifact
     from ..compile.targets import resolve_target
 
+    check_output_dir(output, (model_path, checkpoint_path))
     target = resolve_target(arch, cpu, ndk=ndk)
     model, source = load_model_for_compile(model_path, checkpoint_path, height, width, mode)
     manifest = build_artifact(model, output, target, source)

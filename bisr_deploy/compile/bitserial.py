@@ -1,4 +1,5 @@
-"""The fused BiSRConv custom operator (``bisr_deploy.bisrconv_op``, docs/custom-ops.md) as TVM tensor-expression kernels.
+"""The fused BiSRConv custom operator (``bisr_deploy.bisrconv_op``, docs/custom-ops.md) as TVM tensor-expression
+kernels.
 
 One ``BiSRConvSpec`` (shape, kernel, pads, groups) gives one TIR ``PrimFunc`` in three stages:
 
@@ -35,9 +36,9 @@ import numpy as np
 from ..artifact import BISRCONV_PARAMS
 from ..bitpack import unpack_sign_bits
 from ..errors import BisrError
+from .schedule import Schedule, vector_lanes
 
 WORD_BITS = 32
-ROW_BAND = 8  # output rows per parallel task of a KxK kernel (its packed input rows stay in cache)
 
 
 @dataclass(frozen=True)
@@ -369,13 +370,6 @@ def layer_norm_stages(x, gamma, beta, epsilon: float):
                       * tirx.rsqrt(x_var_sum[n, y, xx] / count + eps) * gamma[ch] + beta[ch], name="norm")
 
 
-def vector_lanes(width: int, lanes: int) -> int:
-    """Largest power-of-two lane count <= ``lanes`` that divides the row width."""
-    while lanes > 1 and width % lanes:
-        lanes //= 2
-    return lanes
-
-
 def _vectorize_row(sch, pack, lanes: int) -> None:
     """The pack block's innermost (word plane, x) loops: planes unrolled, x in vectors of ``lanes``."""
     *_, p, xx = sch.get_loops(pack)
@@ -403,7 +397,8 @@ def _layer_norm_at(sch, rows, lanes: int) -> None:
         sch.vectorize(sch.get_loops(init)[-1])
 
 
-def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion()):
+def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
+                      row_band: int = Schedule.row_band):
     """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
     vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
     reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators."""
@@ -435,10 +430,10 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
     sch.vectorize(cx)
     for loop in reduction:
         sch.unroll(loop)
-    if spec.padded:  # KxK: bands of ROW_BAND output rows; each packs and pads its rows (+ the window's
+    if spec.padded:  # KxK: bands of row_band output rows; each packs and pads its rows (+ the window's
         # neighbours, recomputed by the next band) just before its convolutions, so X's rows are still in
         # cache for the residual
-        outer, row = sch.split(rows, [None, ROW_BAND])
+        outer, row = sch.split(rows, [None, row_band])
     else:
         outer = row = rows
     if spec.tap_words:  # gather each row's windows just before its convolution (they stay in cache)

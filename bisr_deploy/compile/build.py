@@ -1,7 +1,7 @@
 """Build an artifact directory from an ONNX model: import, lower, compile with TVM, write atomically.
 
-The artifact's format (files, manifest schema, atomic write) is ``bisr_deploy.artifact``; this module fills
-its records from the compiled model.
+The artifact's format (files, manifest schema, all-or-nothing write, which existing outputs may be replaced)
+is ``bisr_deploy.artifact``; this module fills its records from the compiled model.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def compile_module(model: onnx.ModelProto, target: CompileTarget, bitserial: boo
     """ONNX -> (ImportedModel, TVM executable). ``bitserial=False`` keeps BiSRConv in float32 ops."""
     import tvm
 
-    imported = import_onnx(model, target.lanes, bitserial=bitserial, schedule_float=schedule_float)
+    imported = import_onnx(model, target.schedule, bitserial=bitserial, schedule_float=schedule_float)
     try:
         executable = tvm.compile(imported.mod, target=tvm.target.Target(target.tvm_target),
                                  relax_pipeline=cpu_pipeline(target))
@@ -64,12 +64,13 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
     """Compile ``model`` for ``target`` (default: x86 native) into the artifact directory ``output``.
 
     ``source``: provenance to record (e.g. ``{"file": ..., "sha256": ...}``); the sha256 of the serialized
-    ONNX model is always recorded. Refuses to overwrite an existing non-artifact path. Returns the manifest.
+    ONNX model is always recorded. Refuses (before compiling) an output it may not replace: anything but an
+    artifact with nothing but its own files. Returns the manifest.
     """
     import tvm
 
     target = target or resolve_target()
-    artifact.check_writable(output)
+    output = artifact.check_output_dir(output)
     imported, executable = compile_module(model, target)
     meta = _model_metadata(model)
     onnx_bytes = model.SerializeToString()

@@ -55,7 +55,9 @@ def fusion_class():
         def _fused_call(self, spec, fusion, args):
             dims = "x".join(str(v) for v in (spec.channels, spec.height, spec.width, *spec.kernel, spec.group))
             name = f"bisrconv_{dims}{fusion.suffix}"
-            gv = self._kernel(("bisrconv", spec, fusion), lambda: bisrconv_primfunc(spec, self.state.lanes, fusion), name)
+            schedule = self.state.schedule
+            gv = self._kernel(("bisrconv", spec, fusion),
+                              lambda: bisrconv_primfunc(spec, schedule.lanes, fusion, schedule.row_band), name)
             self.state.bisr_kernels[name] = (spec, fusion)
             members = tuple(a.name.rsplit(".", 1)[0] for a in args if a.name.endswith(".wwords"))
             # The record goes right after its members' (graph order), replacing an earlier fusion of them.

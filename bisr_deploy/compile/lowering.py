@@ -4,12 +4,12 @@
 placeholder call is the k-th BiSRConv node; its input shape is checked) and rewrites each call whose Relax
 operator has an entry in ``Lowering.RULES``:
 
-| operator | rewrite |
-| --- | --- |
-| ``relax.atan`` (the BiSRConv placeholder, ``split.PLACEHOLDER``) | ``call_tir`` of the bitserial kernel, or the operator in float32 Relax ops (``bitserial=False``: the "TVM fp32" baseline) |
-| ``relax.nn.conv2d`` (full-precision layers) | ``call_tir`` of the scheduled ``floatconv`` kernel (``schedule_float``) |
-| ``relax.image.resize2d`` (bilinear 2x, half-pixel) | the ``upsample`` kernel |
-| ``relax.permute_dims`` closing NCHW -> NHWC -> LayerNorm(last axis) -> NCHW (BiSRNet's PreNorm) | one LayerNorm over axis 1 (same arithmetic, two transposes fewer) |
+- ``relax.atan`` (the BiSRConv placeholder, ``split.PLACEHOLDER``) -> ``call_tir`` of the bitserial kernel,
+  or the operator in float32 Relax ops (``bitserial=False``: the "TVM fp32" baseline);
+- ``relax.nn.conv2d`` (full-precision layers) -> the scheduled ``floatconv`` kernel (``schedule_float``);
+- ``relax.image.resize2d`` (bilinear 2x, half-pixel) -> the ``upsample`` kernel;
+- ``relax.permute_dims`` closing NCHW -> NHWC -> LayerNorm(last axis) -> NCHW (BiSRNet's PreNorm) -> one
+  LayerNorm over axis 1 (same arithmetic, two transposes fewer).
 
 Kernel parameters become extra parameters of ``main``. The passes share a ``LoweringState`` (options, the
 kernels added, the layers for the manifest); ``PassMutator`` is the base of every Relax pass here and
@@ -26,8 +26,9 @@ import numpy as np
 
 from ..artifact import BISRCONV_PARAMS
 from ..errors import BisrError
-from .bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
+from .bitserial import Fusion, bisrconv_primfunc, prepare_weights
 from .floatconv import Conv2dSpec, conv2d_primfunc
+from .schedule import Schedule
 from .split import BiSRConvNode
 from .upsample import upsample2x_primfunc
 
@@ -54,7 +55,7 @@ class LoweringState:
 
     nodes: list[BiSRConvNode]
     param_values: dict[str, np.ndarray]
-    lanes: int = 16
+    schedule: Schedule = Schedule(lanes=16)
     bitserial: bool = True
     schedule_float: bool = True
     next_node: int = 0
@@ -69,11 +70,6 @@ def kernel_params(node: BiSRConvNode) -> dict[str, np.ndarray]:
     prepared = prepare_weights(node.spec, node.inputs["weight_bits"])
     return {name: np.ascontiguousarray(node.inputs[name] if name in node.inputs else prepared[name])
             for name in BISRCONV_PARAMS}
-
-
-def _mark(func, name: str):
-    return func.with_attr("global_symbol", name).with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, 1)
-
 
 
 def mark(func, name: str):
@@ -182,7 +178,8 @@ def lowering_class():
             if [int(v) for v in call.args[1].values] != [2 * h, 2 * w]:
                 return None
             name = f"upsample2x_{c}x{h}x{w}"
-            gv = self._kernel(("upsample2x", (n, c, h, w)), lambda: upsample2x_primfunc((n, c, h, w), self.state.lanes), name)
+            gv = self._kernel(("upsample2x", (n, c, h, w)),
+                              lambda: upsample2x_primfunc((n, c, h, w), self.state.schedule.lanes), name)
             self.state.layers.append(LayerInfo(name, "upsample2x", (n, c, h, w), name))
             pairs = relax.call_tir(gv, [x], relax.TensorType([n, c, 2 * h, w, 2], "float32"))
             return relax.op.reshape(pairs, (n, c, 2 * h, 2 * w))
@@ -202,7 +199,9 @@ def lowering_class():
             params = kernel_params(node)
             args = [self._param(f"{node.name}.{k}", v) for k, v in params.items()]
             name = "bisrconv_" + "x".join(str(v) for v in (spec.channels, spec.height, spec.width, *spec.kernel, spec.group))
-            gv = self._kernel(("bisrconv", spec), lambda: bisrconv_primfunc(spec, self.state.lanes), name)
+            schedule = self.state.schedule
+            gv = self._kernel(("bisrconv", spec),
+                              lambda: bisrconv_primfunc(spec, schedule.lanes, row_band=schedule.row_band), name)
             self.state.bisr_kernels[name] = (spec, Fusion())
             self.state.layers.append(LayerInfo(node.name, "bisrconv", spec, name))
             return relax.call_tir(gv, [x, *args], relax.TensorType(shape, "float32"))
@@ -226,11 +225,10 @@ def lowering_class():
             spec = Conv2dSpec(xs[0], xs[1], ws[0], xs[2], xs[3], (ws[2], ws[3]), pads, groups)
             name = "conv2d_" + "x".join(str(v) for v in (spec.in_channels, spec.out_channels, spec.height, spec.width,
                                                          *spec.kernel, groups))
-            gv = self._kernel(("conv2d", spec), lambda: conv2d_primfunc(spec, self.state.lanes), name)
+            gv = self._kernel(("conv2d", spec), lambda: conv2d_primfunc(spec, self.state.schedule.lanes), name)
             self.state.layers.append(LayerInfo(name, "conv2d", spec, name))
             out = relax.TensorType([spec.batch, spec.out_channels, spec.out_height, spec.out_width], "float32")
             return relax.call_tir(gv, [x, w], out)
-
 
     return Lowering
 
@@ -248,12 +246,13 @@ def _float_bisrconv(node: BiSRConvNode, x, param, conv=None):
     pads, groups)`` emits the convolution (default: Relax ``nn.conv2d``)."""
     from tvm import relax
 
+    from .. import bisrconv_op
     from ..bitpack import unpack_sign_bits
 
     spec = node.spec
     c = spec.channels
     per_channel = {k: param(f"{node.name}.{k}", node.inputs[k].reshape(1, c, 1, 1))
-                   for k in ("redist_scale", "redist_bias", "weight_scale", "rprelu_bias_in", "rprelu_slope", "rprelu_bias_out")}
+                   for k in bisrconv_op.WEIGHT_INPUTS if k != "weight_bits"}
     weights = unpack_sign_bits(node.inputs["weight_bits"], (c, spec.group_channels, *spec.kernel))
     w = param(f"{node.name}.weight", weights)
     op = relax.op

@@ -22,6 +22,7 @@ import onnx
 from ..errors import BisrError
 from .fusion import fuse
 from .lowering import LayerInfo, LoweringState, lower
+from .schedule import Schedule
 from .split import split_custom_ops, static_shape
 
 
@@ -63,8 +64,9 @@ def remove_dead_code(mod, state: LoweringState):
 RELAX_PASSES = (lower, fuse, remove_dead_code)
 
 
-def import_onnx(model: onnx.ModelProto, lanes: int = 16, bitserial: bool = True, schedule_float: bool = True) -> ImportedModel:
-    """Import ``model`` (see module docstring). ``lanes``: vector lanes of the target (16 AVX-512, 8 AVX2);
+def import_onnx(model: onnx.ModelProto, schedule: Schedule = Schedule(lanes=16), bitserial: bool = True,
+                schedule_float: bool = True) -> ImportedModel:
+    """Import ``model`` (see module docstring). ``schedule``: the target's (``CompileTarget.schedule``);
     ``bitserial=False`` keeps BiSRConv in float32 ops; ``schedule_float=False`` leaves float convs to TVM."""
     from tvm.relax.frontend import detach_params
     from tvm.relax.frontend.onnx import from_onnx
@@ -83,7 +85,7 @@ def import_onnx(model: onnx.ModelProto, lanes: int = 16, bitserial: bool = True,
     main = mod["main"]
     n_inputs = len(graph_inputs)
     onnx_params = [(p.name, np.asarray(t.numpy())) for p, t in zip(main.params[n_inputs:], detached.get("main", []))]
-    state = LoweringState(nodes, {p.name: a for p, (_, a) in zip(main.params[n_inputs:], onnx_params)}, lanes,
+    state = LoweringState(nodes, {p.name: a for p, (_, a) in zip(main.params[n_inputs:], onnx_params)}, schedule,
                           bitserial, schedule_float)
     for relax_pass in RELAX_PASSES:
         mod = relax_pass(mod, state)

@@ -11,7 +11,7 @@ statistics, pooling) keep the innermost spatial loop innermost and vectorised, w
 
 from __future__ import annotations
 
-from .bitserial import vector_lanes
+from .schedule import vector_lanes
 from .lowering import KERNEL_ATTR
 
 # Blocks that read each input element several times (bilinear resize): their producers are not inlined.

@@ -6,7 +6,7 @@ ONNX frontend, which must accept everything else).
 from __future__ import annotations
 
 import onnx
-from onnx import helper, shape_inference
+from onnx import shape_inference
 
 from .. import bisrconv_op
 

@@ -7,33 +7,14 @@ impossible values raise ``BisrError`` naming the offending key, before any data 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..data.config import DataConfig
 from ..errors import BisrError
 from ..model import BiSRNetConfig
-
-
-@dataclass
-class DataConfig:
-    """Where the training cubes come from and how a sample is made."""
-
-    train_folders: list[str] = field(default_factory=list)  # folders of cubes (.mat v5/v7.3, .npy, .npz, .h5)
-    val_folders: list[str] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)  # variable names to try in each file, in order ([] = the only one)
-    scale: float | str = "auto"  # divide raw values by this; "auto": uint16 -> 65535, uint8 -> 255, float -> 1
-    wavelengths: list[float] = field(default_factory=list)  # source band centres (nm); [] = by band count
-    synthetic_fraction: float = 1.0  # share of training samples that are synthetic scenes (1.0 if no folders)
-    samples_per_epoch: int = 256
-    patch_size: int = 64  # square training crops (the authors: 256 simulation, 660 real)
-    mask: str = "generated"  # coded-aperture file (.mat/.npy/...) or "generated" (bisr_deploy's Bernoulli mask)
-    mask_key: str = ""
-    mask_size: int = 256  # size of the generated mask
-    mask_seed: int = 0
-    shot_noise: bool = False  # 11-bit shot noise on the measurement (always on in real mode)
-    val_synthetic: int = 4  # held-out synthetic validation scenes
-    val_size: int = 128  # validation crops are val_size x val_size, top-left mask crop
 
 
 @dataclass
@@ -75,6 +56,8 @@ def _check_type(where: str, value, default):
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise BisrError(f"config {where} = {value!r}: must be a finite number")
     elif isinstance(default, list):
         ok = isinstance(value, list)
     else:
@@ -119,7 +102,7 @@ def validate(config: TrainConfig) -> None:
     need(0.0 <= d.synthetic_fraction <= 1.0, f"data.synthetic_fraction must be in [0, 1] (got {d.synthetic_fraction})")
     need(d.synthetic_fraction > 0 or d.train_folders, "no training data: data.train_folders is empty and data.synthetic_fraction is 0")
     need(d.samples_per_epoch >= 1, f"data.samples_per_epoch must be positive (got {d.samples_per_epoch})")
-    need(d.scale == "auto" or (isinstance(d.scale, (int, float)) and d.scale > 0), f"data.scale must be \"auto\" or a positive number (got {d.scale!r})")
+    need(d.scale == "auto" or (isinstance(d.scale, (int, float)) and 0 < d.scale < math.inf), f"data.scale must be \"auto\" or a positive number (got {d.scale!r})")
     need(d.mask_size >= d.patch_size, f"data.mask_size {d.mask_size} is smaller than data.patch_size {d.patch_size}")
     need(d.val_synthetic >= 0, "data.val_synthetic must be >= 0")
     need(t.epochs >= 1, f"train.epochs must be positive (got {t.epochs})")
@@ -156,6 +139,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise BisrError(f"{path}: cannot read config ({exc.strerror})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise BisrError(f"{path}: not valid TOML ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise BisrError(f"{path}: not valid TOML (not UTF-8 text at byte {exc.start})") from exc
     for text in overrides:
         section, key, value = parse_override(text)
         raw.setdefault(section, {})

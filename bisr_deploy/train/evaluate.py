@@ -16,7 +16,7 @@ from ..checkpoint import load_checkpoint
 from ..errors import BisrError
 from ..metrics import psnr, ssim
 from ..reconstruct import reconstruct
-from .datasets import measure
+from ..data.datasets import measure
 
 
 @dataclass

@@ -21,12 +21,11 @@ import time
 
 import numpy as np
 
+from ..compile.lowering import KERNEL_ATTR
+from ..compile.onnx_import import ImportedModel
+from ..compile.pipeline import fuse_and_schedule
+from ..compile.targets import CompileTarget
 from ..errors import BisrError
-
-from .lowering import KERNEL_ATTR
-from .onnx_import import ImportedModel
-from .pipeline import fuse_and_schedule
-from .targets import CompileTarget
 
 
 def lowered_calls(imported: ImportedModel, target: CompileTarget):
