@@ -57,8 +57,7 @@ def artifact_inputs(manifest: Manifest, measurement, mask) -> list[np.ndarray]:
 
 
 class CompiledModel:
-    """A loaded artifact. ``model(measurement, mask=None)`` -> cube float32 [C, H, W]. One run at a time per
-    instance (the VM and its input buffers are reused from run to run)."""
+    """A loaded artifact. ``model(measurement, mask=None)`` -> cube float32 [C, H, W]."""
 
     def __init__(self, directory: Path, manifest: Manifest, library, params: list):
         import tvm

@@ -120,7 +120,7 @@ def network_calls(model, measurement: np.ndarray, mask: np.ndarray | None = None
     (VM call) and gap (between calls) is taken less the hook's own cost (``NOOP_BUILTIN``). Returns
     ``(rows, outside)`` of the fastest of ``repeat`` runs after a warm-up run: rows
     ``{"call": k, "function": name, "kind": ..., "ms": ...}`` (VM builtins left out); ``outside`` in ms:
-    ``total_ms`` (the run), ``kernels_ms`` (sum of the rows), ``outside_ms`` = ``vm_ms`` (VM builtins such as
+    ``total_ms`` (the run less the hook's cost), ``kernels_ms`` (sum of the rows), ``outside_ms`` = ``vm_ms`` (VM builtins such as
     allocation, and dispatch between calls) + ``python_ms`` (before the first VM call: input checks and
     conversion; after the last: output conversion); ``vm_builtin_calls`` per run and ``page_faults`` (the
     most minor page faults of a run)."""
