@@ -8,6 +8,9 @@ Authors' files (detected automatically): zip-format torch files holding either a
 (simulation, read with ``weights_only=True``) or a pickled whole module (real, read by
 ``bisr_deploy.safe_pickle`` without executing pickled code). Their mode is inferred from the file: a
 simulation model uses ``fution``; the caller can override it.
+
+Named checkpoints (``NAMED_CHECKPOINTS``) are project-format files shipped as package data in ``shipped/``;
+wherever a checkpoint path is taken, a name may stand instead, and ``None`` means ``DEFAULT_CHECKPOINT``.
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ from .safe_pickle import read_tensors
 
 FORMAT_NAME = "bisr-deploy-checkpoint"
 FORMAT_VERSION = "1"
-# The directory that holds this package's repository, where the shipped checkpoint lives.
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bisrnet-sim-shipped.safetensors"
+# Package data: the named checkpoints, their model card and licenses (bisr_deploy/shipped/MODEL_CARD.md).
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+NAMED_CHECKPOINTS = {
+    "authors-sim": "the authors' simulation model (BiSCI release, MIT; input: snapshot + mask)",
+    "authors-real": "the authors' real-camera model (BiSCI release, MIT; input: snapshot only)",
+    "trained-sim": "this project's 27-minute CPU demonstration run (simulation mode)",
+}
+DEFAULT_CHECKPOINT = "authors-sim"
 
 
 @dataclass
@@ -123,17 +132,25 @@ def _load_authors(path: str, mode: str | None) -> Checkpoint:
     return Checkpoint(config.validate(), tensors, {}, provenance)
 
 
+def resolve_checkpoint(spec: str | os.PathLike | None) -> Path:
+    """The file behind ``spec``: a name of ``NAMED_CHECKPOINTS`` (names win over same-named files; write
+    ``./NAME`` for those), a path, or ``None`` for ``DEFAULT_CHECKPOINT``."""
+    name = DEFAULT_CHECKPOINT if spec is None else str(spec)
+    if name not in NAMED_CHECKPOINTS:
+        return Path(name)
+    path = SHIPPED_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        raise BisrError(f"the named checkpoint {name} is not installed ({path} is missing)")
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike | None = None, mode: str | None = None) -> Checkpoint:
-    """Load a project checkpoint or an authors' ``.pth``; ``None`` means the shipped default.
+    """Load a named checkpoint, a project checkpoint or an authors' ``.pth`` (``resolve_checkpoint``).
 
     ``mode`` overrides the input mode inferred for an authors' file. Raises ``BisrError`` with a one-line
     message for missing, truncated, corrupt, malicious or foreign files.
     """
-    if path is None:
-        if not SHIPPED_CHECKPOINT.exists():
-            raise BisrError("no --checkpoint given and the shipped default checkpoint is not installed")
-        path = SHIPPED_CHECKPOINT
-    path = str(path)
+    path = str(resolve_checkpoint(path))
     if not os.path.isfile(path):
         raise BisrError(f"{path}: no such checkpoint file")
     with open(path, "rb") as fh:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ REAL_PTH = SHARED / "bisci-official" / "real" / "bisrnet.pth"
 KAIST_NPZ = SHARED / "hsi-scenes" / "kaist" / "kaist_crop128.npz"
 STANDARD_MASK = SHARED / "tsa-cassi" / "mask_simulation_256.mat"
 REAL_SCENES = SHARED / "tsa-cassi" / "real_measurements"
+# `bisr-deploy verify` (also in the subprocesses tests start) finds the reference data here, whatever the cwd.
+os.environ.setdefault("BISR_DATA", str(SHARED))
 
 
 def _need(path: Path) -> Path:
