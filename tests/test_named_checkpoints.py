@@ -21,7 +21,7 @@ from bisr_deploy.cli import main
 from bisr_deploy.errors import BisrError
 from bisr_deploy.fileio import file_sha256
 
-from .conftest import REAL_PTH, REPO, SHARED, SIM_PTH
+from .conftest import KAIST_NPZ, REAL_PTH, REPO, SHARED, SIM_PTH
 
 AUTHORS = {"authors-sim": SIM_PTH, "authors-real": REAL_PTH}
 
@@ -128,6 +128,10 @@ def test_mirror_extend_grows_small_scenes_without_seams():
     np.testing.assert_array_equal(big[:, :3, :5], cube)
     np.testing.assert_array_equal(big[:, 3:6, :5], cube[:, ::-1])  # mirrored at the bottom edge
     np.testing.assert_array_equal(big[:, :3, 5:7], cube[:, :, :-3:-1])  # and at the right edge
+    mask = v.default_mask("sim", 256, 256, v.reference_data(str(SHARED), "sim"))
+    scenes = v.ground_truth_scenes(KAIST_NPZ.parent, 256, 256, mask, "sim")
+    assert [s.name for s in scenes] == ["kaist_crop128 (mirrored)"] and scenes[0].truth.shape == (28, 256, 256)
+    assert scenes[0].measurement.shape == (256, 310)
 
 
 @pytest.mark.slow  # 10 s alone (venv + wheel build + one reconstruction), about a minute on a loaded machine
@@ -162,3 +166,17 @@ def test_non_editable_install_works_outside_the_repository(tmp_path, kaist, kais
               "--truth", "truth.npy", "--output", "cube.npy")
     assert float(re.search(r"PSNR ([\d.]+) dB", out).group(1)) >= 29.0
     assert "authors-real  the authors' real-camera model" in run(venv / "bin" / "bisr-deploy", "info", "authors-real")
+
+
+def test_train_init_takes_a_name(tmp_path):
+    """`train --init authors-sim` starts from the authors' weights; the fine-tuning config fits them."""
+    from bisr_deploy.train.config import load_config
+    from bisr_deploy.train.trainer import Trainer
+
+    tiny = ["data.patch_size=32", "data.samples_per_epoch=2", "train.batch_size=2", "data.val_synthetic=1",
+            "data.val_size=32", "data.mask_size=64", "train.progress=false", f'train.output_dir="{tmp_path / "run"}"']
+    trainer = Trainer(load_config(None, tiny), init="authors-sim")
+    authors = load_checkpoint("authors-sim")
+    assert all(torch.equal(t, authors.state_dict[k]) for k, t in trainer.model.state_dict().items())
+    finetune = load_config(REPO / "configs" / "finetune-real-mask.toml").model.to_dict()
+    assert finetune == authors.config.to_dict()

@@ -111,10 +111,10 @@ def _fmt(value, spec):
 
 
 def _print_table(report: v.Report) -> None:
-    click.echo(f"{'scene':<34} {'kind':<13} {'vs PyTorch dB':>13} {'SSIM':>7} {'truth dB art':>13} "
+    click.echo(f"{'scene':<43} {'kind':<13} {'vs PyTorch dB':>13} {'SSIM':>7} {'truth dB art':>13} "
                f"{'truth dB torch':>14} {'gap dB':>7} {'ms':>8}")
     for r in report.scenes:
-        click.echo(f"{r.name[:34]:<34} {r.kind:<13} {_fmt(r.psnr_vs_torch, '13.2f')} {_fmt(r.ssim_vs_torch, '7.4f')} "
+        click.echo(f"{r.name[:43]:<43} {r.kind:<13} {_fmt(r.psnr_vs_torch, '13.2f')} {_fmt(r.ssim_vs_torch, '7.4f')} "
                    f"{_fmt(r.psnr_truth_artifact, '13.3f')} {_fmt(r.psnr_truth_torch, '14.3f')} "
                    f"{_fmt(r.psnr_gap, '+7.3f')} {_fmt(r.latency_ms, '8.1f')}")
     if report.layers:
