@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..fileio import file_sha256
+from ..checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from ..fileio import check_output, file_sha256
 
 
 @click.command("convert")
@@ -19,6 +19,7 @@ from ..fileio import file_sha256
               help="Input mode of an authors' .pth (inferred from the file by default).")
 def convert_command(source, output, mode):
     """Convert SOURCE (an authors' .pth, a project checkpoint or a checkpoint name) to a project .safetensors."""
+    check_output(output, "--output", (".safetensors",), (resolve_checkpoint(source),))
     ckpt = load_checkpoint(source, mode)
     save_checkpoint(ckpt, output)
     click.echo(f"wrote {output}: {ckpt.config.mode}-mode, {len(ckpt.state_dict)} tensors, sha256 {file_sha256(output)}")
