@@ -16,9 +16,9 @@ import click
 import numpy as np
 
 from ..compile.targets import cpu_model_name
-from . import checkpoint_option
 from ..errors import BisrError
 from ..fileio import atomic_output, check_output
+from . import checkpoint_option
 
 BACKENDS = ("compiled", "onnxruntime-fp32", "tvm-fp32", "pytorch-eager")
 REPORT_FILES = ("bench.json", "bench.md", "bench.png")

@@ -6,11 +6,11 @@ import click
 import numpy as np
 
 from ..checkpoint import load_checkpoint
-from . import checkpoint_option
 from ..errors import BisrError
 from ..fileio import ARRAY_OUTPUT_SUFFIXES, check_output, load_array, save_array
 from ..metrics import psnr, ssim
 from ..reconstruct import reconstruct
+from . import checkpoint_option
 
 
 @click.command("reconstruct")

@@ -9,9 +9,9 @@ import click
 
 from .. import verify as v
 from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from . import checkpoint_option
 from ..errors import BisrError
 from ..fileio import atomic_output, check_output, file_sha256, load_array
+from . import checkpoint_option
 
 
 @click.command("verify")
