@@ -37,6 +37,9 @@ CAVE_SCENES = SHARED / "hsi-scenes" / "cave"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 EXPECTED = "expected on this host: "  # skip reasons CI accepts start with this
 
+# `bisr-deploy verify` (also in the subprocesses tests start) finds the reference data here, whatever the cwd.
+os.environ.setdefault("BISR_DATA", str(SHARED))
+
 
 def _unmet(mark) -> str | None:
     """Why the need stated by ``mark`` is not met here (None if it is, or if ``mark`` states no need)."""

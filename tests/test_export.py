@@ -269,12 +269,7 @@ def test_cli_export(tmp_path):
     assert list(tmp_path.iterdir()) == [out]
 
 
-def test_cli_default_checkpoint_is_the_shipped_one(sim_checkpoint, tmp_path, monkeypatch):
-    from bisr_deploy.checkpoint import save_checkpoint
-
-    shipped = tmp_path / "shipped.safetensors"
-    save_checkpoint(sim_checkpoint, shipped)
-    monkeypatch.setattr("bisr_deploy.checkpoint.SHIPPED_CHECKPOINT", shipped)
+def test_cli_default_checkpoint_is_the_authors_simulation_model(tmp_path):
     out = tmp_path / "default.onnx"
     result = _invoke("--output", out, "--height", 64, "--width", 64)
     assert result.exit_code == 0, result.output

@@ -18,6 +18,7 @@ from ..bench.report import REPORT_FILES
 from ..errors import BisrError
 from ..fileio import check_output
 from ..hostcpu import cpu_model_name
+from . import checkpoint_option
 
 BACKENDS = ("compiled", "onnxruntime-fp32", "tvm-fp32", "pytorch-eager")
 
@@ -37,8 +38,7 @@ def _inputs(height: int, width: int, mode: str, seed: int = 0):
 
 
 @click.command("bench")
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
-              help="Checkpoint to benchmark (default: the shipped one).")
+@checkpoint_option("The model to benchmark")
 @click.option("--artifact", type=click.Path(file_okay=False), default=None,
               help="A compiled artifact of the same checkpoint and size (default: compile one now).")
 @click.option("--height", type=int, default=256, show_default=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from ..cassi import snapshot_width
+from . import checkpoint_option
 
 
 @click.command("export")
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
-              help="Project .safetensors or an authors' .pth; default: the shipped checkpoint.")
+@checkpoint_option("The model to export")
 @click.option("--output", required=True, type=click.Path(), help="The ONNX file to write (atomically).")
 @click.option("--height", default=256, show_default=True, type=int, help="Scene height (multiple of 8).")
 @click.option("--width", default=256, show_default=True, type=int, help="Scene width (multiple of 8).")

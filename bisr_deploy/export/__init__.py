@@ -2,7 +2,7 @@
 
 API:
     export_onnx(checkpoint=None, height=256, width=256, mode=None) -> onnx.ModelProto
-        checkpoint: path of a project .safetensors or an authors' .pth, None (the shipped default),
+        checkpoint: path of a project .safetensors or an authors' .pth, a checkpoint name, None (the default checkpoint),
         a loaded ``Checkpoint`` or a ``BiSRNet``; H, W: positive multiples of 8; mode: "sim" | "real" to
         override an authors' file's inferred input mode. Raises ``BisrError`` for bad input.
     save_onnx(model, path) -> int        atomic write, returns the size in bytes.

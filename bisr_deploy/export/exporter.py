@@ -40,7 +40,7 @@ def _as_model(checkpoint, mode: str | None) -> tuple[BiSRNet, dict]:
 
 def export_onnx(checkpoint: str | os.PathLike | Checkpoint | BiSRNet | None = None, height: int = 256,
                 width: int = 256, mode: str | None = None) -> onnx.ModelProto:
-    """Export ``checkpoint`` (a path, ``None`` = the shipped default, a loaded ``Checkpoint`` or a ``BiSRNet``)
+    """Export ``checkpoint`` (a path or name, ``None`` = the default checkpoint, a loaded ``Checkpoint`` or a ``BiSRNet``)
     for H x W scenes. ``mode`` overrides an authors' file's inferred input mode. Raises ``BisrError``."""
     check_size(height, width)
     model, provenance = _as_model(checkpoint, mode)
