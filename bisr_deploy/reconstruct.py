@@ -13,7 +13,15 @@ import torch
 from .cassi import scene_width
 from .errors import BisrError
 from .frontend import SnapshotFrontend
-from .model import BiSRNet
+from .model import MIN_SCENE_SIZE, BiSRNet
+
+
+def check_scene_size(height: int, width: int, origin: str = "") -> None:
+    """Every scene of at least ``MIN_SCENE_SIZE`` pixels each way runs (the network reflect-pads it to a
+    multiple of ``PAD_MULTIPLE`` and crops the result). Raises ``BisrError``."""
+    if not all(isinstance(v, int) and v >= MIN_SCENE_SIZE for v in (height, width)):
+        raise BisrError(f"scene size {height} x {width}{origin} is too small: BiSRNet needs at least "
+                        f"{MIN_SCENE_SIZE} x {MIN_SCENE_SIZE}")
 
 
 def validate_inputs(measurement: np.ndarray, mask: np.ndarray | None, mode: str, n_bands: int = 28, step: int = 2):
@@ -27,8 +35,7 @@ def validate_inputs(measurement: np.ndarray, mask: np.ndarray | None, mode: str,
         raise BisrError("the measurement contains NaN or Inf values")
     h, snap_w = measurement.shape
     w = scene_width(snap_w, n_bands, step)
-    if h % 4 or w % 4:
-        raise BisrError(f"scene size {h} x {w} (from snapshot {h} x {snap_w}) must be a multiple of 4 in both directions")
+    check_scene_size(h, w, f" (from snapshot {h} x {snap_w})")
     if mode == "sim":
         if mask is None:
             raise BisrError("this is a simulation-mode checkpoint: give the 2-D coded-aperture mask with --mask")

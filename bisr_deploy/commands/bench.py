@@ -47,7 +47,8 @@ def _inputs(height: int, width: int, mode: str, seed: int = 0):
 @click.option("--cpu", default="native", show_default=True, help="x86 cpu for compiling (see `compile --cpu`).")
 @click.option("--repeat", type=int, default=5, show_default=True, help="Timed calls per backend and thread count.")
 @click.option("--skip", multiple=True, type=click.Choice(BACKENDS), help="Leave a backend out (repeatable).")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where to write the reports.")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for bench.json, bench.md and bench.png (created if missing).")
 def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, skip, output_dir):
     """Latency, memory and per-layer times of one reconstruction on every backend."""
     from ..runtime import default_threads
@@ -63,8 +64,7 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
     from ..runtime import load, set_num_threads
 
     out_dir = Path(output_dir)
-    if not out_dir.is_dir():
-        raise BisrError(f"--output-dir {out_dir} does not exist")
+    _check_writable(out_dir)
     if repeat < 1:
         raise BisrError("--repeat must be at least 1")
     ckpt = load_checkpoint(checkpoint_path, mode)
@@ -119,6 +119,20 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
             report["network_layers_by_kind_ms"] = summarize(in_network)
 
     _finish(report, out_dir)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail now, not after the benchmark, when ``out_dir`` cannot be created or written (it is created with
+    its parents when the reports are written)."""
+    import os
+
+    existing = out_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BisrError(f"--output-dir {out_dir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BisrError(f"--output-dir {out_dir}: {existing} is not writable")
 
 
 def _speedups(report) -> dict:
@@ -203,6 +217,10 @@ def _plot(report, path: Path) -> None:
 
 def _finish(report, out_dir: Path) -> None:
     report["speedups_vs_onnxruntime"] = _speedups(report)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BisrError(f"cannot create --output-dir {out_dir}: {exc.strerror or exc}") from exc
     with atomic_output(out_dir / "bench.json") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
     with atomic_output(out_dir / "bench.md") as tmp:
