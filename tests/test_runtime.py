@@ -68,6 +68,7 @@ def test_manifest_contents(built):
     for name, record in manifest["files"].items():
         assert file_sha256(built / name) == record["sha256"]
     assert not [p for p in built.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    assert built.stat().st_mode & 0o777 == 0o755  # world-readable like other build outputs, not mkdtemp's 0700
 
 
 def test_reconstruction_quality_close_to_pytorch(built):

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .. import progress
 from ..compile.targets import cpu_model_name
 from ..errors import BisrError
 from ..fileio import atomic_output
@@ -111,6 +112,7 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
             report["results"] += [m.as_dict() for m in measure_interleaved(fns, threads, repeat)]
         set_num_threads(1)
         if "compiled" not in skip:
+            progress.stage("timing every kernel call of the artifact")
             rows = profile_calls(import_onnx(onnx_model, target.lanes), target, repeat=max(3, repeat))
             report["layers"] = rows
             report["layers_by_kind_ms"] = summarize(rows)

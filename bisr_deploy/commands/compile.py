@@ -8,6 +8,7 @@ import click
 
 from ..fileio import file_sha256
 from ..compile.targets import ARM_ARCHES, ARM_CPUS, X86_CPUS
+from .. import progress
 from ..errors import BisrError
 
 
@@ -32,6 +33,7 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
     from ..checkpoint import SHIPPED_CHECKPOINT
     from ..export import export_onnx
 
+    progress.stage(f"exporting the checkpoint to ONNX at {height or 256} x {width or 256}")
     model = export_onnx(checkpoint_path, height or 256, width or 256, mode)
     path = checkpoint_path or SHIPPED_CHECKPOINT
     return model, {"checkpoint": os.path.basename(str(path)), "checkpoint_sha256": file_sha256(path)}

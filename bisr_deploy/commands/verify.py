@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .. import progress
 from .. import verify as v
 from ..checkpoint import load_checkpoint
 from ..errors import BisrError
@@ -62,6 +63,7 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
 
     only = [s for _, s in scenes]
     if emulation.is_foreign(manifest):
+        progress.stage(f"running {len(only)} scenes on the aarch64 artifact under emulation")
         outputs = emulation.run_artifact_many(artifact, [(s.measurement, s.mask) for s in only])
         latencies = [None] * len(only)
     else:

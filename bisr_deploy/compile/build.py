@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .. import __version__
+from .. import __version__, progress
 from ..fileio import file_sha256
 from ..errors import BisrError
 from ..runtime import FORMAT_NAME, FORMAT_VERSION, LIBRARY, MANIFEST, PARAMS
@@ -34,7 +34,9 @@ def compile_module(model: onnx.ModelProto, target: CompileTarget, bitserial: boo
     """ONNX -> (ImportedModel, TVM executable). ``bitserial=False`` keeps BiSRConv in float32 ops."""
     import tvm
 
+    progress.stage("importing the ONNX graph into TVM")
     imported = import_onnx(model, target.lanes, bitserial=bitserial, schedule_float=schedule_float)
+    progress.stage(f"compiling {len(imported.layers)} kernels and the graph for {target.triple} (TVM, the longest step)")
     try:
         executable = tvm.compile(imported.mod, target=tvm.target.Target(target.tvm_target),
                                  relax_pipeline=cpu_pipeline(target))
@@ -105,12 +107,14 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
+        progress.stage(f"linking {LIBRARY} and writing {output}")
         executable.export_library(str(tmp / LIBRARY), fcompile=fcompile_for(target))  # cross linker for ARM
         with open(tmp / PARAMS, "wb") as fh:
             np.savez(fh, **{f"p{i:04d}": array for i, (_, array) in enumerate(imported.params)})
         manifest["files"] = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                              for name in (LIBRARY, PARAMS)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is a build output others load and bundle
         if output.exists():  # replacing an older artifact: move it aside first, then swap
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
             os.replace(output, old / "artifact")

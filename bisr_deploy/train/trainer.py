@@ -85,9 +85,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, init: str | None = None, log=print):
         self.config, self.log = config, log
         d, t = config.data, config.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
         self.ctx = distributed.setup(t.device)
+        threads, warning = distributed.threads_per_process(t.threads, self.ctx.world_size, distributed.usable_cores())
+        torch.set_num_threads(threads)
+        if warning and self.ctx.is_main:
+            log(warning)
         self.out = Path(t.output_dir)
         state_path = self.out / STATE_FILE
         if resume and not state_path.is_file():
