@@ -51,8 +51,8 @@ def native_host(tmp_path_factory):
 
 
 def run_native_host(binary, *args):
-    site = _host_site()
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{site}/tvm/lib:{site}/tvm_ffi/lib"}
+    """The host build as docs/arm.md runs it: no LD_LIBRARY_PATH (the rpath finds the TVM wheels' libraries)."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, env=env)
 
 
@@ -288,6 +288,13 @@ def test_native_loader_on_x86_equals_python_loader(native_host, x86_artifact, x8
     proc = run_native_host(native_host, x86_artifact, d / "snapshot.npy", d / "mask.npy", tmp_path / "cube.npy")
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "cube.npy"), x86_cube)
+    # Fortran-order inputs (what MATLAB-minded writers and np.asfortranarray produce) read as the same arrays
+    for name in ("snapshot", "mask"):
+        np.save(tmp_path / f"{name}-f.npy", np.asfortranarray(np.load(d / f"{name}.npy")))
+        assert np.load(tmp_path / f"{name}-f.npy").flags.f_contiguous
+    proc = run_native_host(native_host, x86_artifact, tmp_path / "snapshot-f.npy", tmp_path / "mask-f.npy", tmp_path / "cube-f.npy")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "cube-f.npy"), x86_cube)
 
 
 def test_native_loader_refusals(native_host, x86_artifact, arm_artifact, scene, tmp_path):
