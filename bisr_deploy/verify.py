@@ -151,11 +151,12 @@ def ground_truth_scenes(folder: Path, height: int, width: int, aperture: np.ndar
 
 def synthetic_scenes(count: int, height: int, width: int, aperture: np.ndarray, mode: str) -> list[Scene]:
     """Held-out synthetic scenes (odd seeds; training uses even ones)."""
+    from .train.datasets import heldout_name, heldout_seed
     from .train.synthetic import synthetic_scene
 
     scenes = []
     for i in range(count):
-        scenes.append(_scene(f"synthetic-{2 * i + 1}", synthetic_scene(height, width, 2 * i + 1), aperture, mode))
+        scenes.append(_scene(heldout_name(i), synthetic_scene(height, width, heldout_seed(i)), aperture, mode))
     return scenes
 
 

@@ -27,7 +27,7 @@ def _check_passing_report(proc, report_path):
     assert "PASS: every criterion holds" in proc.stdout
     report = json.loads(report_path.read_text())
     assert report["passed"] and report["failures"] == []
-    assert [s["name"] for s in report["scenes"]] == ["synthetic-1", "kaist_crop128"]
+    assert [s["name"] for s in report["scenes"]] == ["synthetic-seed1", "kaist_crop128"]
     assert len(report["layers"]) == 59 and min(report["layers"].values()) >= v.LAYER_MIN_AGREEMENT
     kaist = report["scenes"][1]
     assert kaist["finite"] and kaist["psnr_vs_torch"] > v.MIN_PSNR_VS_TORCH_DB

@@ -16,11 +16,13 @@ import click
 import numpy as np
 
 from .. import progress
-from ..compile.targets import cpu_model_name
+from ..compile.targets import X86_CPUS, cpu_model_name
 from ..errors import BisrError
 from ..fileio import atomic_output
 
 BACKENDS = ("compiled", "onnxruntime-fp32", "tvm-fp32", "pytorch-eager")
+RSS_NOTE = ("RSS rise: growth of the process's peak resident memory during a backend's first (warm-up) call at that "
+            "thread count; memory an earlier row already allocated is not counted again, so later rows read near 0.")
 
 
 def _inputs(height: int, width: int, mode: str, seed: int = 0):
@@ -42,10 +44,13 @@ def _inputs(height: int, width: int, mode: str, seed: int = 0):
               help="Checkpoint to benchmark (default: the shipped one).")
 @click.option("--artifact", type=click.Path(file_okay=False), default=None,
               help="A compiled artifact of the same checkpoint and size (default: compile one now).")
-@click.option("--height", type=int, default=256, show_default=True)
-@click.option("--width", type=int, default=256, show_default=True)
+@click.option("--height", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Scene height in pixels (a given --artifact must have been compiled at this size).")
+@click.option("--width", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Scene width in pixels (a given --artifact must have been compiled at this size).")
 @click.option("--mode", type=click.Choice(["sim", "real"]), default=None, help="Input mode of an authors' .pth.")
-@click.option("--cpu", default="native", show_default=True, help="x86 cpu for compiling (see `compile --cpu`).")
+@click.option("--cpu", type=click.Choice(list(X86_CPUS)), default="native", show_default=True,
+              help="x86 instruction set when bench compiles the artifact itself (as `compile --cpu`).")
 @click.option("--repeat", type=int, default=5, show_default=True, help="Timed calls per backend and thread count.")
 @click.option("--skip", multiple=True, type=click.Choice(BACKENDS), help="Leave a backend out (repeatable).")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False),
@@ -151,7 +156,7 @@ def _markdown(report) -> str:
     lines = [f"# bisr-deploy bench: {report['size'][0]} x {report['size'][1]} {report['mode']}-mode reconstruction", "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores ({report['machine']['platform']}); "
              f"TVM target {json.dumps(report['target'])}.", "",
-             "| backend | threads | median ms | min ms | max ms | IQR ms | peak RSS rise MiB | speed-up vs ORT |",
+             "| backend | threads | median ms | min ms | max ms | IQR ms | RSS rise MiB | speed-up vs ORT |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     speed = report["speedups_vs_onnxruntime"]
     for r in report["results"]:
@@ -159,6 +164,7 @@ def _markdown(report) -> str:
         sp = speed.get(f"{r['backend']}@{r['threads']}", 1.0 if r["backend"] == "onnxruntime-fp32" else None)
         lines.append(f"| {r['backend']} | {r['threads']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | "
                      f"{r['iqr_ms']:.1f} | {peak} | {'' if sp is None else f'{sp:.2f}x'} |")
+    lines += ["", RSS_NOTE]
     if "artifact_bytes" in report:
         lines += ["", f"Artifact size: {report['artifact_bytes'] / 1e6:.2f} MB."]
     if "layers" in report:
@@ -228,10 +234,11 @@ def _finish(report, out_dir: Path) -> None:
     with atomic_output(out_dir / "bench.md") as tmp:
         Path(tmp).write_text(_markdown(report))
     _plot(report, out_dir / "bench.png")
-    click.echo(f"{'backend':<18}{'threads':>8}{'median ms':>12}{'min':>9}{'max':>9}{'peak MiB':>10}")
+    click.echo(f"{'backend':<18}{'threads':>8}{'median ms':>12}{'min ms':>9}{'max ms':>9}{'RSS rise MiB':>14}")
     for r in report["results"]:
         peak = f"{r['peak_mib']:.1f}" if r["peak_mib"] is not None else "n/a"
-        click.echo(f"{r['backend']:<18}{r['threads']:>8}{r['median_ms']:>12.1f}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{peak:>10}")
+        click.echo(f"{r['backend']:<18}{r['threads']:>8}{r['median_ms']:>12.1f}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{peak:>14}")
+    click.echo(RSS_NOTE)
     if "layers_by_kind_ms" in report:
         click.echo("per-kernel totals (1 thread): " + ", ".join(f"{k} {v:.1f} ms" for k, v in report["layers_by_kind_ms"].items()))
     if "artifact_bytes" in report:

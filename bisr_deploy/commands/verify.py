@@ -104,14 +104,22 @@ def _fmt(value, spec):
 
 
 def _print_table(report: v.Report) -> None:
-    click.echo(f"{'scene':<34} {'kind':<13} {'vs PyTorch dB':>13} {'SSIM':>7} {'truth dB art':>13} "
-               f"{'truth dB torch':>14} {'gap dB':>7} {'ms':>8}")
+    """Scenes with their PSNR/SSIM of the artifact against PyTorch's output and (when known) of both against
+    ground truth; then the per-layer agreement."""
+    click.echo(f"{'':<34} {'':<13} {'artifact vs PyTorch':^21} {'PSNR vs ground truth (dB)':^37} {'time':>8}")
+    click.echo(f"{'scene':<34} {'kind':<13} {'PSNR dB':>13} {'SSIM':>7} {'artifact':>13} "
+               f"{'PyTorch':>14} {'art-PyT':>7} {'ms':>8}")
     for r in report.scenes:
         click.echo(f"{r.name[:34]:<34} {r.kind:<13} {_fmt(r.psnr_vs_torch, '13.2f')} {_fmt(r.ssim_vs_torch, '7.4f')} "
                    f"{_fmt(r.psnr_truth_artifact, '13.3f')} {_fmt(r.psnr_truth_torch, '14.3f')} "
                    f"{_fmt(r.psnr_gap, '+7.3f')} {_fmt(r.latency_ms, '8.1f')}")
     if report.layers:
         worst = min(report.layers, key=report.layers.get)
-        click.echo(f"per-layer agreement: {len(report.layers)} BiSR-Convs, worst {report.layers[worst]:.5%} ({worst})")
+        if report.layers[worst] == 1.0:
+            click.echo(f"per-layer agreement: all {len(report.layers)} BiSR-Convs reproduce PyTorch's output on its own "
+                       "input, every element")
+        else:
+            click.echo(f"per-layer agreement: {len(report.layers)} BiSR-Convs; the worst, {worst}, reproduces "
+                       f"{report.layers[worst]:.5%} of PyTorch's output elements (criterion >= {v.LAYER_MIN_AGREEMENT:.1%})")
     for note in report.skipped:
         click.echo(f"skipped {note}")
