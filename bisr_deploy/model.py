@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAD_MULTIPLE = 8  # the body downsamples twice by 2 and its 3x3 convolutions see whole 2x2 cells
+PAD_MULTIPLE = 8  # scenes are reflect-padded to a multiple of this, as in the authors' code (the body halves twice)
 MIN_SCENE_SIZE = PAD_MULTIPLE  # reflect padding by up to PAD_MULTIPLE - 1 needs that many rows and columns
 SIGN_APPROXIMATIONS = ("tanh", "clip", "quad")
 SIGN_ZERO_CONVENTIONS = ("zero", "negative")

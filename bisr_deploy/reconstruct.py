@@ -19,7 +19,7 @@ from .model import MIN_SCENE_SIZE, BiSRNet
 def check_scene_size(height: int, width: int, origin: str = "") -> None:
     """Every scene of at least ``MIN_SCENE_SIZE`` pixels each way runs (the network reflect-pads it to a
     multiple of ``PAD_MULTIPLE`` and crops the result). Raises ``BisrError``."""
-    if not all(isinstance(v, int) and v >= MIN_SCENE_SIZE for v in (height, width)):
+    if min(height, width) < MIN_SCENE_SIZE:
         raise BisrError(f"scene size {height} x {width}{origin} is too small: BiSRNet needs at least "
                         f"{MIN_SCENE_SIZE} x {MIN_SCENE_SIZE}")
 
