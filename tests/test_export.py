@@ -324,8 +324,8 @@ def test_cli_bad_input(tmp_path):
     blocker.write_text("x")
     cases = [["--checkpoint", c, "--output", out_dir / "m.onnx"] for c in _foreign_checkpoints(tmp_path)]
     cases += [
-        ["--checkpoint", SIM_PTH, "--output", out_dir / "m.onnx", "--height", 100],
-        ["--checkpoint", SIM_PTH, "--output", out_dir / "m.onnx", "--width", 250],
+        ["--checkpoint", SIM_PTH, "--output", out_dir / "m.onnx", "--height", 4],
+        ["--checkpoint", SIM_PTH, "--output", out_dir / "m.onnx", "--width", 0],
         ["--checkpoint", SIM_PTH, "--output", blocker / "m.onnx", "--height", 64, "--width", 64],
         ["--checkpoint", SIM_PTH, "--output", out_dir, "--height", 64, "--width", 64],
         ["--checkpoint", tmp_path / "nope.pth", "--output", out_dir / "m.onnx"],
