@@ -51,7 +51,7 @@ class TrainSettings:
     val_every: int = 1  # epochs between validations
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
     device: str = "auto"  # auto | cpu | cuda
-    progress: bool = True  # tqdm progress bar on rank 0
+    progress: bool = True  # tqdm progress bar on rank 0 (on a terminal, without bisr-deploy --quiet)
 
 
 @dataclass

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
+from .. import __version__, progress
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..errors import BisrError
 from ..fileio import atomic_output
@@ -233,7 +233,8 @@ class Trainer:
         t = self.config.train
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not (t.progress and self.ctx.is_main),
+        shown = t.progress and self.ctx.is_main and progress.enabled()  # terminal only, not under --quiet
+        bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not shown,
                    desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
         self.model.train()
         tick = time.perf_counter()
