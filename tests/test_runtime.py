@@ -213,7 +213,7 @@ def test_bench_command_reports(built, tmp_path):
     assert bad.exit_code == 2 and "not compiled from this checkpoint at 32 x 32" in bad.output
     (tmp_path / "file").write_text("x")
     bad = runner.invoke(main, ["bench", "--artifact", str(built), "--output-dir", str(tmp_path / "file" / "sub")])
-    assert bad.exit_code == 2 and f"--output-dir {tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is not a directory" in bad.output
+    assert bad.exit_code == 2 and f"--output-dir {tmp_path / 'file' / 'sub'}: directory {tmp_path / 'file'} does not exist" in bad.output
 
 
 def test_compile_real_mode_onnx_file(tmp_path):

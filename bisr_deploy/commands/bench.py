@@ -18,11 +18,12 @@ import numpy as np
 from .. import progress
 from ..compile.targets import X86_CPUS, cpu_model_name
 from ..errors import BisrError
-from ..fileio import atomic_output
+from ..fileio import atomic_output, check_output_dir, make_output_dir
 
 BACKENDS = ("compiled", "onnxruntime-fp32", "tvm-fp32", "pytorch-eager")
 RSS_NOTE = ("RSS rise: growth of the process's peak resident memory during a backend's first (warm-up) call at that "
             "thread count; memory an earlier row already allocated is not counted again, so later rows read near 0.")
+REPORT_FILES = ("bench.json", "bench.md", "bench.png")
 
 
 def _inputs(height: int, width: int, mode: str, seed: int = 0):
@@ -70,7 +71,7 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
     from ..runtime import load, set_num_threads
 
     out_dir = Path(output_dir)
-    _check_writable(out_dir)
+    check_output_dir(out_dir, REPORT_FILES, inputs=(checkpoint_path,))
     if repeat < 1:
         raise BisrError("--repeat must be at least 1")
     ckpt = load_checkpoint(checkpoint_path, mode)
@@ -126,20 +127,6 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
             report["network_layers_by_kind_ms"] = summarize(in_network)
 
     _finish(report, out_dir)
-
-
-def _check_writable(out_dir: Path) -> None:
-    """Fail now, not after the benchmark, when ``out_dir`` cannot be created or written (it is created with
-    its parents when the reports are written)."""
-    import os
-
-    existing = out_dir.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise BisrError(f"--output-dir {out_dir}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BisrError(f"--output-dir {out_dir}: {existing} is not writable")
 
 
 def _speedups(report) -> dict:
@@ -225,10 +212,7 @@ def _plot(report, path: Path) -> None:
 
 def _finish(report, out_dir: Path) -> None:
     report["speedups_vs_onnxruntime"] = _speedups(report)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BisrError(f"cannot create --output-dir {out_dir}: {exc.strerror or exc}") from exc
+    make_output_dir(out_dir)
     with atomic_output(out_dir / "bench.json") as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
     with atomic_output(out_dir / "bench.md") as tmp:

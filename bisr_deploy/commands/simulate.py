@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from ..errors import BisrError
@@ -29,11 +27,12 @@ def simulate_command(scene, key, mask_path, mask_key, height, width, output_dir)
     import torch
 
     from ..cassi import simulate_snapshot
-    from ..fileio import load_array, save_array
+    from ..fileio import check_output_dir, load_array, make_output_dir, save_array
     from ..train.config import DataConfig
     from ..train.datasets import load_cube
     from ..verify import crop_mask
 
+    out = check_output_dir(output_dir, (MEASUREMENT, MASK, TRUTH), inputs=(scene, mask_path))
     cube = load_cube(scene, DataConfig(keys=[key] if key else []))
     height, width = height or cube.shape[1], width or cube.shape[2]
     if height > cube.shape[1] or width > cube.shape[2]:
@@ -44,11 +43,7 @@ def simulate_command(scene, key, mask_path, mask_key, height, width, output_dir)
         raise BisrError(f"{mask_path}: the mask must be a finite 2-D array, got shape {mask.shape}")
     mask = crop_mask(mask, height, width)
     snapshot = simulate_snapshot(torch.from_numpy(cube)[None], torch.from_numpy(mask))[0].numpy()
-    out = Path(output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BisrError(f"cannot create --output-dir {out}: {exc.strerror or exc}") from exc
+    make_output_dir(out)
     for name, array in ((MEASUREMENT, snapshot), (MASK, mask), (TRUTH, cube)):
         save_array(out / name, array.astype(np.float32))
     click.echo(f"wrote {out / MEASUREMENT} ({snapshot.shape[0]} x {snapshot.shape[1]}), {out / MASK} "
