@@ -19,6 +19,7 @@ operators (docs/custom-ops.md); the authors' ``torch.sign`` differs from it only
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import progress
 from .artifact import Manifest
 from .cassi import simulate_snapshot
 from .checkpoint import Checkpoint
@@ -41,12 +43,45 @@ MIN_PSNR_VS_TORCH_DB = 30.0
 LAYER_MIN_AGREEMENT = 0.999
 LAYER_RTOL = 1e-4  # relative to the layer output's largest magnitude
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-DEFAULT_SCENES = SHARED_DATA / "hsi-scenes"
-DEFAULT_REAL = SHARED_DATA / "tsa-cassi" / "real_measurements"
-STANDARD_MASKS = {"sim": SHARED_DATA / "tsa-cassi" / "mask_simulation_256.mat",
-                  "real": SHARED_DATA / "tsa-cassi" / "mask_real_660.mat"}
+DATA_ENV = "BISR_DATA"
+CHECKOUT_DATA = Path("..") / "shared" / "data"  # relative to the working directory: a checkout's ../shared
 CUBE_KEYS = ["img", "NRD", "Omsi", "msi"]
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """A folder laid out like the project's reference data (``../shared/data`` beside a checkout)."""
+
+    root: Path
+
+    @property
+    def scenes(self) -> Path:
+        return self.root / "hsi-scenes"
+
+    @property
+    def real(self) -> Path:
+        return self.root / "tsa-cassi" / "real_measurements"
+
+    def mask(self, mode: str) -> Path:
+        return self.root / "tsa-cassi" / {"sim": "mask_simulation_256.mat", "real": "mask_real_660.mat"}[mode]
+
+    def needed(self, mode: str) -> list[Path]:
+        return [self.scenes, self.mask(mode)] + ([self.real] if mode == "real" else [])
+
+
+def reference_data(data_dir: str | None, mode: str) -> ReferenceData | None:
+    """``--data DIR``, else ``$BISR_DATA``, else ``../shared/data`` of the working directory when it exists;
+    ``None`` when there is none. A chosen folder must hold what ``mode`` needs, else ``BisrError`` naming it."""
+    source, root = ("--data", data_dir) if data_dir else (DATA_ENV, os.environ.get(DATA_ENV))
+    if not root:
+        if not CHECKOUT_DATA.is_dir():
+            return None
+        source, root = "the default ../shared/data", CHECKOUT_DATA
+    data = ReferenceData(Path(root))
+    missing = [str(p) for p in data.needed(mode) if not p.exists()]
+    if missing:
+        raise BisrError(f"reference data from {source} lacks {', '.join(missing)} (see `bisr-deploy verify --help`)")
+    return data
 
 
 @dataclass
@@ -107,17 +142,16 @@ class Report:
 
 def crop_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     if mask.shape[0] < height or mask.shape[1] < width:
-        raise BisrError(f"mask {mask.shape} is smaller than the artifact's scene size {height} x {width}")
+        raise BisrError(f"mask {mask.shape} is smaller than the scene size {height} x {width}")
     return np.ascontiguousarray(mask[:height, :width], dtype=np.float32)
 
 
-def default_mask(mode: str, height: int, width: int) -> np.ndarray:
+def default_mask(mode: str, height: int, width: int, data: ReferenceData | None) -> np.ndarray:
     """The coded aperture that simulated snapshots go through: the top-left crop of the TSA-Net mask of the
-    mode (simulation 256 x 256, real camera 660 x 660) when ../shared holds it and it is large enough, else the
+    mode (simulation 256 x 256, real camera 660 x 660) from ``data`` when it is large enough, else the
     project's generated mask."""
-    path = STANDARD_MASKS[mode]
-    if path.exists():
-        mask = load_array(path, "mask")
+    if data is not None:
+        mask = load_array(data.mask(mode), "mask")
         if mask.shape[0] >= height and mask.shape[1] >= width:
             return crop_mask(mask, height, width)
     from .data.synthetic import generated_mask
@@ -131,9 +165,10 @@ def _scene(name: str, truth: np.ndarray, aperture: np.ndarray, mode: str) -> Sce
     return Scene(name, snapshot, aperture if mode == "sim" else None, truth)
 
 
-def ground_truth_scenes(folder: Path, height: int, width: int, aperture: np.ndarray, mode: str,
-                        skipped: list[str]) -> list[Scene]:
-    """Top-left height x width crops of every cube in ``folder`` (recursively); smaller cubes are skipped."""
+def ground_truth_scenes(folder: Path, height: int, width: int, aperture: np.ndarray, mode: str) -> list[Scene]:
+    """Top-left height x width crops of every cube in ``folder`` (recursively). A smaller cube (the 128 x 128
+    KAIST crop in a 256 x 256 artifact) is mirror-extended to that size (``mirror_extend``) and named
+    ``NAME (mirrored)``; its PSNR covers the whole extended scene, whose copies meet other parts of the mask."""
     from .data.config import DataConfig
     from .data.datasets import load_cube
 
@@ -141,21 +176,29 @@ def ground_truth_scenes(folder: Path, height: int, width: int, aperture: np.ndar
     scenes = []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in ARRAY_SUFFIXES and p.is_file()):
         cube = load_cube(path, config)
+        name = path.stem
         if cube.shape[1] < height or cube.shape[2] < width:
-            skipped.append(f"{path.name}: {cube.shape[1]} x {cube.shape[2]} is smaller than {height} x {width}")
-            continue
+            cube, name = mirror_extend(cube, height, width), f"{name} (mirrored)"
         truth = np.ascontiguousarray(cube[:, :height, :width])
-        scenes.append(_scene(path.stem, truth, aperture, mode))
+        scenes.append(_scene(name, truth, aperture, mode))
     return scenes
+
+
+def mirror_extend(cube: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``cube`` [C, h, w] extended to at least height x width by mirroring at its bottom and right edges
+    (edge pixels repeated: ``np.pad`` mode ``symmetric``), so the extension has no seams."""
+    pad_h, pad_w = max(height - cube.shape[1], 0), max(width - cube.shape[2], 0)
+    return np.pad(cube, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
 
 
 def synthetic_scenes(count: int, height: int, width: int, aperture: np.ndarray, mode: str) -> list[Scene]:
     """Held-out synthetic scenes (odd seeds; training uses even ones)."""
+    from .data.datasets import heldout_name, heldout_seed
     from .data.synthetic import synthetic_scene
 
     scenes = []
     for i in range(count):
-        scenes.append(_scene(f"synthetic-{2 * i + 1}", synthetic_scene(height, width, 2 * i + 1), aperture, mode))
+        scenes.append(_scene(heldout_name(i), synthetic_scene(height, width, heldout_seed(i)), aperture, mode))
     return scenes
 
 
@@ -206,13 +249,13 @@ def judge(report: Report) -> None:
 
 def torch_outputs(ckpt: Checkpoint, scenes: list[Scene]) -> list[np.ndarray]:
     model = with_negative_sign(ckpt.build_model())
-    return [reconstruct(model, s.measurement, s.mask) for s in scenes]
+    return [reconstruct(model, s.measurement, s.mask) for s in progress.items(scenes, "PyTorch reference, scenes")]
 
 
 def timed_outputs(run, scenes: list[Scene]) -> tuple[list[np.ndarray], list[float]]:
     """Run an in-process artifact on every scene; latency in ms per call."""
     outputs, latencies = [], []
-    for s in scenes:
+    for s in progress.items(scenes, "artifact, scenes"):
         start = time.perf_counter()
         outputs.append(run(s.measurement, s.mask))
         latencies.append((time.perf_counter() - start) * 1e3)
@@ -239,8 +282,9 @@ def layer_agreement(artifact, manifest: Manifest, ckpt: Checkpoint, scene: Scene
         raise BisrError(f"the artifact has no BiSR-Conv named {missing[0]} (and {len(missing) - 1} more): "
                         "was it compiled from this checkpoint?")
     if emulation.is_foreign(manifest):
+        progress.stage(f"running {len(io)} BiSR-Conv layers on the aarch64 artifact under emulation")
         _, outputs = emulation.run_emulated(artifact, [], {name: x for name, (x, _) in io.items()})
     else:
         model = runtime.load(artifact)
-        outputs = {name: model.run_bisrconv(name, x) for name, (x, _) in io.items()}
+        outputs = {name: model.run_bisrconv(name, x) for name, (x, _) in progress.items(io.items(), "BiSR-Conv layers")}
     return {name: agreement(outputs[name], y) for name, (_, y) in io.items()}

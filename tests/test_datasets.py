@@ -8,6 +8,7 @@ import scipy.io
 import torch
 
 from bisr_deploy.cassi import simulate_snapshot
+from bisr_deploy.checkpoint import SHIPPED_DIR
 from bisr_deploy.errors import BisrError
 from bisr_deploy.frontend import SnapshotFrontend
 from bisr_deploy.data.config import DataConfig
@@ -26,7 +27,7 @@ from bisr_deploy.data.datasets import (
 from bisr_deploy.data.spectra import CASSI_WAVELENGTHS, CAVE_WAVELENGTHS, resample_matrix, to_cassi_bands
 from bisr_deploy.data.synthetic import generated_mask, reflectance_library, synthetic_scene
 
-from .conftest import CAVE_SCENES, REPO, STANDARD_MASK
+from .conftest import CAVE_SCENES, STANDARD_MASK
 
 
 def _cave_like(h=20, w=24, seed=0) -> np.ndarray:
@@ -203,6 +204,6 @@ def test_shot_noise_statistics():
 
 
 def test_shipped_generated_mask_file_is_the_generated_mask():
-    shipped = np.load(REPO / "models" / "mask-generated-256.npy")
+    shipped = np.load(SHIPPED_DIR / "mask-generated-256.npy")
     assert shipped.dtype == np.uint8
     np.testing.assert_array_equal(shipped.astype(np.float32), generated_mask(256, 256, 0))

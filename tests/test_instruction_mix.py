@@ -150,8 +150,8 @@ def test_tool_matches_artifact_layers_to_kernels(tmp_path):
     im.compile_object(GROUPED_3X3_112, arm.tvm_target, arm.lanes, artifact / "kernel.o").rename(artifact / "model.so")
     layer = LayerRecord("n", "bisrconv", im.KERNEL_SYMBOL, [1, 112, 8, 8], kernel=[3, 3], pads=[1, 1, 1, 1], group=28)
     target = TargetRecord("arm", "generic", "aarch64-linux-gnu", arm.tvm_target, ["asimd"])
-    manifest = Manifest("sim", [TensorRecord("x", [1, 112, 8, 8])], TensorRecord("y", [1, 112, 8, 8]), target, {}, {},
-                        [], [layer])
+    manifest = Manifest("real", [TensorRecord("measurement", [1, 8, 62])], TensorRecord("cube", [1, 28, 8, 8]), target,
+                        {}, {}, [], [layer])
     (artifact / "manifest.json").write_text(json.dumps(manifest.to_json()))
     row = {"kernel": shape.name, "builds": {"arm": im.analyse_kernel(GROUPED_3X3_112, arm, standalone)}}
     found = _tool().artifact_mix(artifact, [shape], [row])

@@ -75,8 +75,7 @@ def ort_conv_ms(spec, repeat: int, rng) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" /
-                                                    "bisci-official" / "simulation" / "bisrnet.pth"))
+    parser.add_argument("--checkpoint", default="authors-sim", help="checkpoint name or path (default authors-sim)")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--cpu", default="native")

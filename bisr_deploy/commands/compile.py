@@ -8,7 +8,9 @@ import click
 
 from ..fileio import file_sha256
 from ..compile.targets import ALL_CPUS, TARGETS
+from .. import progress
 from ..errors import BisrError
+from . import checkpoint_option
 
 
 def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
@@ -29,18 +31,18 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
             if value is not None and recorded is not None and int(recorded) != value:
                 raise BisrError(f"--{name} {value} does not match the model's static {name} {recorded}")
         return model, {"file": os.path.basename(model_path), "sha256": file_sha256(model_path)}
-    from ..checkpoint import SHIPPED_CHECKPOINT
+    from ..checkpoint import resolve_checkpoint
     from ..export import export_onnx
 
+    progress.stage(f"exporting the checkpoint to ONNX at {height or 256} x {width or 256}")
     model = export_onnx(checkpoint_path, height or 256, width or 256, mode)
-    path = checkpoint_path or SHIPPED_CHECKPOINT
+    path = resolve_checkpoint(checkpoint_path)
     return model, {"checkpoint": os.path.basename(str(path)), "checkpoint_sha256": file_sha256(path)}
 
 
 @click.command("compile")
 @click.argument("model_path", required=False, type=click.Path(dir_okay=False))
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
-              help="Compile a checkpoint (exported on the fly) instead of an ONNX file; default: the shipped one.")
+@checkpoint_option("Compile this checkpoint (exported on the fly) when no MODEL.onnx is given")
 @click.option("--target", "arch", type=click.Choice(list(TARGETS)), default="x86", show_default=True,
               help="x86, arm (aarch64 Linux, NEON) or android-arm64 (needs the NDK); ARM: docs/arm.md.")
 @click.option("--cpu", type=click.Choice(list(ALL_CPUS)), default="native", show_default=True,
