@@ -226,7 +226,7 @@ def test_bench_command_reports(built, tmp_path):
     assert outside["total_ms"] == pytest.approx(outside["kernels_ms"] + outside["vm_ms"] + outside["python_ms"])
     assert outside["outside_ms"] == pytest.approx(outside["vm_ms"] + outside["python_ms"]) and outside["python_ms"] > 0
     assert outside["vm_builtin_calls"] > 0 and outside["page_faults"] < 28 * 64 * 64 * 4 // 4096  # no fresh cube
-    assert "| outside kernels: VM" in (tmp_path / "bench.md").read_text() and "outside kernels" in result.output
+    assert "| outside kernels: VM" in (out / "bench.md").read_text() and "outside kernels" in result.output
     assert "compiled@1" in report["speedups_vs_onnxruntime"]
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| compiled | 1 |" in (out / "bench.md").read_text()
