@@ -211,8 +211,6 @@ def lowering_class():
                 return None
             attrs = call.attrs
             x, w = call.args
-            xs = [int(d) for d in x.ty.shape]
-            ws = [int(d) for d in w.ty.shape]
             if (any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation)
                     or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or str(x.ty.dtype) != "float32"):
                 return None
