@@ -32,12 +32,12 @@ def main():
 
 
 def _register():
-    from .commands import bench, evaluate, export, info, reconstruct, run, train, verify
+    from .commands import bench, estimate, evaluate, export, info, reconstruct, run, train, verify
     from .commands import compile as compile_cmd
 
     for command in (reconstruct.reconstruct_command, info.info_command, train.train_command,
                     evaluate.evaluate_command, export.export_command, compile_cmd.compile_command,
-                    run.run_command, verify.verify_command, bench.bench_command):
+                    run.run_command, verify.verify_command, bench.bench_command, estimate.estimate_command):
         main.add_command(command)
 
 

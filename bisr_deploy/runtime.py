@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 LIBRARY = "model.so"
 PARAMS = "params.npz"
 MANIFEST = "manifest.json"
+SOURCE_MODEL = "model.onnx"  # the compiled ONNX model, for estimate; older artifacts lack it
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:

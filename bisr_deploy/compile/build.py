@@ -4,6 +4,7 @@ Artifact (format ``bisr-deploy-artifact`` version 1, read by ``bisr_deploy.runti
 
     DIR/model.so        the Relax VM executable and every kernel, one shared library (``export_library``)
     DIR/params.npz      the weights, in the order the VM's ``main`` takes them after the graph inputs
+    DIR/model.onnx      the ONNX model it was compiled from (``bisr-deploy estimate`` re-lowers its kernels)
     DIR/manifest.json   interface, target, versions, source hash, per-layer kernels, sha256 of every file
 
 The directory is built in a temporary sibling and renamed into place, so a failed build leaves nothing.
@@ -24,7 +25,7 @@ import onnx
 from .. import __version__
 from ..fileio import file_sha256
 from ..errors import BisrError
-from ..runtime import FORMAT_NAME, FORMAT_VERSION, LIBRARY, MANIFEST, PARAMS
+from ..runtime import FORMAT_NAME, FORMAT_VERSION, LIBRARY, MANIFEST, PARAMS, SOURCE_MODEL
 from .onnx_import import ImportedModel, import_onnx
 from .pipeline import cpu_pipeline
 from .targets import CompileTarget, fcompile_for, resolve_target
@@ -108,8 +109,9 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
         executable.export_library(str(tmp / LIBRARY), fcompile=fcompile_for(target))  # cross linker for ARM
         with open(tmp / PARAMS, "wb") as fh:
             np.savez(fh, **{f"p{i:04d}": array for i, (_, array) in enumerate(imported.params)})
+        (tmp / SOURCE_MODEL).write_bytes(onnx_bytes)
         manifest["files"] = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-                             for name in (LIBRARY, PARAMS)}
+                             for name in (LIBRARY, PARAMS, SOURCE_MODEL)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         if output.exists():  # replacing an older artifact: move it aside first, then swap
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
