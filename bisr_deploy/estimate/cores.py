@@ -18,7 +18,7 @@ KIB, MIB = 1024, 1024 * 1024
 class Core:
     name: str
     arch: str  # "aarch64" or "x86_64"
-    mcpu: str  # llvm-mca -mcpu (LLVM 19's scheduling model)
+    mcpu: str  # llvm-mca -mcpu: the LLVM 19 scheduling model closest to the core (docs/estimate.md)
     clock_ghz: float
     dram_gbs: float
     l1d: int
@@ -33,11 +33,11 @@ class Core:
 CORES = {core.name: core for core in (
     Core("cortex-a55", "aarch64", "cortex-a55", 1.8, 34.1, 32 * KIB, 128 * KIB, 2 * MIB,
          "Snapdragon 855 little core (Kryo 485 Silver)"),
-    Core("cortex-a76", "aarch64", "cortex-a76", 2.4, 17.1, 64 * KIB, 512 * KIB, 2 * MIB, "Raspberry Pi 5 (BCM2712)"),
-    Core("cortex-a78", "aarch64", "cortex-a78", 2.42, 51.2, 64 * KIB, 512 * KIB, 4 * MIB, "Snapdragon 888 mid core"),
-    Core("cortex-x1", "aarch64", "cortex-x1", 2.84, 51.2, 64 * KIB, 1 * MIB, 4 * MIB, "Snapdragon 888 prime core"),
+    Core("cortex-a76", "aarch64", "neoverse-n1", 2.4, 17.1, 64 * KIB, 512 * KIB, 2 * MIB, "Raspberry Pi 5 (BCM2712)"),
+    Core("cortex-a78", "aarch64", "neoverse-n1", 2.42, 51.2, 64 * KIB, 512 * KIB, 4 * MIB, "Snapdragon 888 mid core"),
+    Core("cortex-x1", "aarch64", "neoverse-v1", 2.84, 51.2, 64 * KIB, 1 * MIB, 4 * MIB, "Snapdragon 888 prime core"),
     Core("neoverse-n1", "aarch64", "neoverse-n1", 2.5, 204.8, 64 * KIB, 1 * MIB, 32 * MIB, "AWS Graviton2"),
-    Core("xeon-kvm", "x86_64", "icelake-server", 2.6, 9.4, 48 * KIB, 2 * MIB, 0,
+    Core("xeon-kvm", "x86_64", "rocketlake", 2.6, 9.4, 48 * KIB, 2 * MIB, 0,
          "this project's 2-core KVM Xeon (CPUID model 167), the calibration machine"),
 )}
 
@@ -51,8 +51,9 @@ def core_by_name(name: str) -> Core:
 
 def core_table() -> str:
     """``--core list``: one line per core."""
-    lines = [f"{'core':12} {'arch':8} {'clock GHz':>9} {'DRAM GB/s':>9} {'L1d':>7} {'L2/core':>8} {'L3':>7}  source"]
+    lines = [f"{'core':12} {'arch':8} {'LLVM model':15} {'clock GHz':>9} {'DRAM GB/s':>9} {'L1d':>7} {'L2/core':>8} "
+             f"{'L3':>7}  figures from"]
     for c in CORES.values():
-        lines.append(f"{c.name:12} {c.arch:8} {c.clock_ghz:9.2f} {c.dram_gbs:9.1f} {c.l1d // KIB:5} K {c.l2 // KIB:6} K "
-                     f"{c.l3 // KIB:5} K  {c.example}")
+        lines.append(f"{c.name:12} {c.arch:8} {c.mcpu:15} {c.clock_ghz:9.2f} {c.dram_gbs:9.1f} {c.l1d // KIB:5} K "
+                     f"{c.l2 // KIB:6} K {c.l3 // KIB:5} K  {c.example}")
     return "\n".join(lines) + "\n(sources of every figure: docs/estimate.md)"

@@ -233,17 +233,36 @@ def _tir_var(name: str, loops: dict[str, TirLoop]) -> str | None:
     return None
 
 
+_UNROLLED_COPY = re.compile(r"^(.*)\.(\d+)$")
+
+
+def unroll_factor(loop: MachineLoop) -> int:
+    """How many iterations of its TIR loop one iteration of ``loop`` runs: LLVM names the blocks of the
+    copies of an unrolled body ``<block>.1`` ... ``<block>.(u-1)``; u = the most copies of one block."""
+    copies: dict[str, set[int]] = {}
+    for block in loop.blocks:
+        m = _UNROLLED_COPY.match(block)
+        base, copy = (m.group(1), int(m.group(2))) if m else (block, 0)
+        copies.setdefault(base, set()).add(copy)
+    return max(len(found) for found in copies.values())
+
+
 def tir_loop_of(loop: MachineLoop, loops: dict[str, TirLoop]) -> str | None:
     """The TIR loop a machine loop runs: the loop whose ``for_body`` block holds its own instructions; else
-    the innermost loop whose ``for_begin``/``for_end`` blocks it holds (those blocks belong to the loop
-    around the one they name). None: a loop no TIR loop names (error and cleanup paths)."""
+    the innermost loop whose ``for_begin``/``for_end`` blocks or peeled iterations (``for_body_X.peel*``: X
+    was unrolled into the loop around it) it holds. None: a loop no TIR loop names (error and cleanup
+    paths), and the remainder loops of LLVM's runtime unrolling (``.prol``, ``.epil``: fewer iterations
+    than the unroll factor per entry, left out)."""
     bodies, around = [], []
     for block in loop.blocks:
         m = _LOOP_BLOCK.match(block)
         var = _tir_var(m.group(2), loops) if m else None
         if var is None:
             continue
-        if m.group(1) == "body":
+        suffix = m.group(2)[len(var):]
+        if ".prol" in suffix or ".epil" in suffix:
+            return None
+        if m.group(1) == "body" and ".peel" not in suffix:
             bodies.append(var)
         elif loops[var].parent is not None:
             around.append(loops[var].parent)
@@ -254,8 +273,8 @@ def tir_loop_of(loop: MachineLoop, loops: dict[str, TirLoop]) -> str | None:
 
 def kernel_cycles(lowered_mod, asm_loops: list[MachineLoop], cycles: list[float]) -> dict[str, dict]:
     """Per kernel (TIR function name): ``{"cycles": serial cycles, "parallel_cycles": cycles inside parallel
-    loops, "loops": [{"loop", "trips", "cycles_per_iteration"}]}`` for one call. Machine loops that no TIR
-    loop names (LLVM-made loops) count with the TIR loop around them."""
+    loops, "loops": [{"loop", "trips", "cycles_per_iteration"}]}`` for one call (cycles per iteration of the
+    TIR loop: the machine loop's divided by its ``unroll_factor``; copies of one TIR loop averaged)."""
     out = {}
     by_function: dict[str, list[tuple[MachineLoop, float]]] = {}
     for loop, c in zip(asm_loops, cycles):
@@ -272,7 +291,7 @@ def kernel_cycles(lowered_mod, asm_loops: list[MachineLoop], cycles: list[float]
             for loop, c in by_function.get(asm_name, []):
                 var = tir_loop_of(loop, first)
                 if var is not None:
-                    groups.setdefault(var, []).append(c)
+                    groups.setdefault(var, []).append(c / unroll_factor(loop))
         record = {"cycles": 0.0, "parallel_cycles": 0.0, "loops": []}
         for var, per_iteration in groups.items():
             trips = sum(loop.trips for loop in by_name[var]) / len(by_name[var])
