@@ -65,6 +65,18 @@ def test_machine_loops_split_nested_loops_into_own_instructions():
     assert [loops.tir_loop_of(l, tir) for l in found] == ["o", "xx_0"]
 
 
+def test_unrolled_peeled_and_remainder_loops():
+    tir = {"c": loops.TirLoop("c", 28, True, None), "xx": loops.TirLoop("xx", 28 * 258, True, "c")}
+    unrolled = loops.MachineLoop("f", ["for_body_xx.us", "if_then.us", "if_then.us.1", "if_then.us.2", "if_then.us.3"],
+                                 [])
+    assert loops.tir_loop_of(unrolled, tir) == "xx" and loops.unroll_factor(unrolled) == 4
+    copy_of_outer = loops.MachineLoop("f", ["for_body_xx.us.3", "if_end.us.3"], [])  # c unrolled, xx kept
+    assert loops.tir_loop_of(copy_of_outer, tir) == "xx" and loops.unroll_factor(copy_of_outer) == 1
+    # xx fully unrolled into c: its peeled blocks belong to the loop around it
+    assert loops.tir_loop_of(loops.MachineLoop("f", ["for_body_xx.peel.next"], []), tir) == "c"
+    assert loops.tir_loop_of(loops.MachineLoop("f", ["for_body_xx.us.prol"], []), tir) is None  # remainder
+
+
 def test_block_names_map_to_tir_loops_through_llvm_suffixes():
     tir = {name: loops.TirLoop(name, 1, False, None) for name in ("ax0", "ax1_0", "ax3_1.s")}
     assert loops._tir_var("ax09", tir) == "ax0"  # LLVM's uniquifying digits

@@ -37,7 +37,7 @@ CORES = {core.name: core for core in (
     Core("cortex-a78", "aarch64", "neoverse-n1", 2.42, 51.2, 64 * KIB, 512 * KIB, 4 * MIB, "Snapdragon 888 mid core"),
     Core("cortex-x1", "aarch64", "neoverse-v1", 2.84, 51.2, 64 * KIB, 1 * MIB, 4 * MIB, "Snapdragon 888 prime core"),
     Core("neoverse-n1", "aarch64", "neoverse-n1", 2.5, 204.8, 64 * KIB, 1 * MIB, 32 * MIB, "AWS Graviton2"),
-    Core("xeon-kvm", "x86_64", "rocketlake", 2.6, 9.4, 48 * KIB, 2 * MIB, 0,
+    Core("xeon-kvm", "x86_64", "rocketlake", 2.6, 15.0, 48 * KIB, 2 * MIB, 0,
          "this project's 2-core KVM Xeon (CPUID model 167), the calibration machine"),
 )}
 
