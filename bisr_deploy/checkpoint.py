@@ -8,6 +8,10 @@ Authors' files (detected automatically): zip-format torch files holding either a
 (simulation, read with ``weights_only=True``) or a pickled whole module (real, read by
 ``bisr_deploy.safe_pickle`` without executing pickled code). Their mode is inferred from the file: a
 simulation model uses ``fution``; the caller can override it.
+
+Every file is checked before its tensors are used: a zip's declared member sizes against the file and the
+input limit (``fileio.max_array_bytes``) and every member's CRC-32; each tensor's declared size against the
+data it points to; every floating-point tensor finite (a NaN or Inf weight is refused, naming the tensor).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import BisrError
-from .fileio import atomic_output, file_sha256
+from .fileio import MAX_ARRAY_ENV, atomic_output, file_sha256, max_array_bytes
 from .model import BiSRNet, BiSRNetConfig
 from .safe_pickle import read_tensors
 
@@ -44,8 +48,8 @@ class Checkpoint:
 
     def build_model(self) -> BiSRNet:
         """A ``BiSRNet`` in eval mode with these weights loaded strictly."""
-        model = BiSRNet.from_config(self.config)
-        expected = model.state_dict()
+        with torch.device("meta"):  # shapes only: a config that declares a huge network allocates nothing
+            expected = BiSRNet.from_config(self.config).state_dict()
         missing = [k for k in expected if k not in self.state_dict]
         unexpected = [k for k in self.state_dict if k not in expected]
         wrong = [k for k in expected if k in self.state_dict and self.state_dict[k].shape != expected[k].shape]
@@ -60,6 +64,7 @@ class Checkpoint:
                 parts.append(f"{len(wrong)} of wrong shape (e.g. {k}: {tuple(self.state_dict[k].shape)}, "
                              f"expected {tuple(expected[k].shape)})")
             raise BisrError(f"checkpoint does not fit the BiSRNet architecture in its config: tensors {'; '.join(parts)}")
+        model = BiSRNet.from_config(self.config)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
@@ -92,6 +97,7 @@ def _load_project(path: str) -> Checkpoint:
         raise BisrError(f"{path}: a safetensors file, but not a bisr-deploy checkpoint (no '{FORMAT_NAME}' metadata)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise BisrError(f"{path}: checkpoint format version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    check_tensors(path, tensors)
     try:
         config = json.loads(meta["config"])
         arch = BiSRNetConfig(**config["architecture"])
@@ -109,8 +115,12 @@ def _load_authors(path: str, mode: str | None) -> Checkpoint:
     except Exception:
         tensors = dict(read_tensors(path))
         reader = "restricted reader (pickled module, no code executed)"
+    check_tensors(path, tensors)
     if not {"conv_in.weight", "conv_out.weight"} <= set(tensors) or not any(k.startswith("body.") for k in tensors):
         raise BisrError(f"{path}: a torch file, but not a BiSRNet checkpoint (no conv_in/body/conv_out tensors)")
+    for name in ("conv_in.weight", "conv_out.weight"):
+        if tensors[name].dim() != 4:
+            raise BisrError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}; a convolution weight is 4-D")
     n_feat, in_channels = tensors["conv_in.weight"].shape[:2]
     n_bodies = len({k.split(".")[1] for k in tensors if k.startswith("body.")})
     if mode is None:
@@ -121,6 +131,42 @@ def _load_authors(path: str, mode: str | None) -> Checkpoint:
     provenance = {"source": "authors' release (caiyuanhao1998/BiSCI)", "file": os.path.basename(path),
                   "sha256": file_sha256(path), "reader": reader}
     return Checkpoint(config.validate(), tensors, {}, provenance)
+
+
+def _check_zip(path: str) -> None:
+    """Refuse a zip whose members declare more bytes than the input limit allows, or whose data does not match
+    its CRC-32 (a damaged file). Raises ``BisrError``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            declared = sum(info.file_size for info in infos)
+            if declared > max_array_bytes():
+                raise BisrError(f"{path}: the archive declares {declared:,} bytes of content, over the input limit "
+                                f"of {max_array_bytes():,} (raise it with {MAX_ARRAY_ENV})")
+            stored = [i for i in infos if i.compress_type == zipfile.ZIP_STORED and i.file_size > os.path.getsize(path)]
+            if stored:
+                raise BisrError(f"{path}: member {stored[0].filename} is larger than the file (truncated or corrupt)")
+            damaged = archive.testzip()
+    except BisrError:
+        raise
+    except Exception as exc:  # BadZipFile, EOFError, zlib.error, NotImplementedError (compression), OSError ...
+        raise BisrError(f"{path}: truncated or corrupt torch checkpoint ({exc.__class__.__name__})") from exc
+    if damaged is not None:
+        raise BisrError(f"{path}: damaged checkpoint: the CRC-32 of {damaged} does not match its data")
+
+
+def check_tensors(path: str, tensors: dict) -> None:
+    """Refuse tensors that claim more elements than their data holds, and non-finite floating-point values,
+    naming the tensor. Raises ``BisrError``."""
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise BisrError(f"{path}: entry {name!r} is not a tensor")
+        held = tensor.untyped_storage().nbytes()
+        if tensor.numel() * tensor.element_size() > held:
+            raise BisrError(f"{path}: tensor {name} declares {tuple(tensor.shape)} = {tensor.numel():,} elements, "
+                            f"more than its {held:,} bytes of data hold")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BisrError(f"{path}: tensor {name} holds NaN or Inf values")
 
 
 def load_checkpoint(path: str | os.PathLike | None = None, mode: str | None = None) -> Checkpoint:
@@ -141,6 +187,7 @@ def load_checkpoint(path: str | os.PathLike | None = None, mode: str | None = No
     if head.startswith(b"PK"):
         if not zipfile.is_zipfile(path):
             raise BisrError(f"{path}: truncated or corrupt torch checkpoint (broken zip archive)")
+        _check_zip(path)
         return _load_authors(path, mode)
     if len(head) == 9 and head[8:9] == b"{":
         ckpt = _load_project(path)

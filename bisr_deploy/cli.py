@@ -1,12 +1,15 @@
 """The ``bisr-deploy`` command line. Each command lives in the module of its concept; this file wires them up.
 
-Every command reports a ``BisrError`` (bad input, bad file, missing toolchain) as one line on stderr with
-exit status 2, and writes its outputs atomically, so a failed command leaves no partial file.
+Every command reports a ``BisrError`` (bad input, bad file, missing toolchain) and every usage error of the
+command line as one line ``error: ...`` on stderr with exit status 2, and writes its outputs atomically, so a
+failed command leaves no partial file. Warnings that libraries raise while a command runs are shown after it
+succeeds (or exits with a verdict, like ``verify``'s status 1), never in front of an error line.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -15,14 +18,31 @@ from .errors import BisrError
 
 
 class BisrGroup(click.Group):
-    """A click group that turns ``BisrError`` into ``error: <message>`` and exit status 2."""
+    """A click group that turns ``BisrError`` and click's usage errors into ``error: <message>``, exit status 2."""
 
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except BisrError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            except click.exceptions.NoArgsIsHelpError as exc:  # bare ``bisr-deploy``: the help text
+                click.echo(exc.format_message(), err=True)
+                sys.exit(2)
+            except (BisrError, click.ClickException) as exc:
+                message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+                click.echo(f"error: {message}", err=True)
+                sys.exit(2)
+            except click.Abort:
+                click.echo("error: aborted", err=True)
+                sys.exit(1)
+            except SystemExit as exc:
+                if exc.code not in (0, 1, None):
+                    raise
+                code = exc.code
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+        if standalone_mode:
+            sys.exit(code or 0)
+        return code
 
 
 @click.group(cls=BisrGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -60,7 +60,23 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-    return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
+    """The tensor view that the record describes, copied; refused if it reaches outside its storage or has more
+    elements than the storage (a broadcast view that would allocate far more than the file holds)."""
+    if not isinstance(storage, torch.Tensor):
+        raise BisrError("refusing to load: a tensor record has no storage")
+    try:
+        size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
+    except (TypeError, ValueError) as exc:
+        raise BisrError("checkpoint is corrupt: a tensor record has a malformed size or stride") from exc
+    numel = 1
+    for dim in size:
+        numel *= dim
+    last = offset + sum((d - 1) * s for d, s in zip(size, stride)) if numel else offset
+    if (len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0 or numel > storage.numel()
+            or (numel and last >= storage.numel())):
+        raise BisrError(f"checkpoint is corrupt: a tensor of size {size} (stride {stride}, offset {offset}) does not "
+                        f"fit its storage of {storage.numel():,} elements")
+    return torch.as_strided(storage, size, stride, offset).clone()
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
@@ -94,11 +110,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storage_type, key, _location, numel = pid[1], str(pid[2]), pid[3], int(pid[4])
         if not isinstance(storage_type, _StorageType):
             raise BisrError("refusing to load: a storage record names no known tensor type")
+        itemsize = torch.empty((), dtype=storage_type.dtype).element_size()
         try:
-            raw = self.archive.read(f"{self.prefix}data/{key}")
+            info = self.archive.getinfo(f"{self.prefix}data/{key}")
         except KeyError as exc:
             raise BisrError(f"checkpoint is truncated or corrupt: storage {key} is missing") from exc
-        itemsize = torch.empty((), dtype=storage_type.dtype).element_size()
+        if numel < 0 or info.file_size < numel * itemsize:
+            raise BisrError(f"checkpoint is truncated or corrupt: storage {key} holds {info.file_size} bytes, "
+                            f"needs {numel * itemsize}")
+        raw = self.archive.read(info)
         if len(raw) < numel * itemsize:
             raise BisrError(f"checkpoint is truncated or corrupt: storage {key} holds {len(raw)} bytes, needs {numel * itemsize}")
         buf = np.frombuffer(raw[: numel * itemsize], dtype=np.uint8).copy()
@@ -139,7 +159,10 @@ def read_tensors(path: str) -> "OrderedDict[str, torch.Tensor]":
     except (zipfile.BadZipFile, OSError) as exc:
         raise BisrError(f"{path}: not a readable torch checkpoint ({exc})") from exc
     with archive:
-        obj = _load_pickle(archive)
+        try:
+            obj = _load_pickle(archive)
+        except BisrError as exc:
+            raise BisrError(f"{path}: {exc}") from exc
     if isinstance(obj, dict):
         tensors = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))
         if len(tensors) != len(obj):

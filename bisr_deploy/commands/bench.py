@@ -17,9 +17,10 @@ import numpy as np
 
 from ..compile.targets import cpu_model_name
 from ..errors import BisrError
-from ..fileio import atomic_output
+from ..fileio import atomic_output, check_output
 
 BACKENDS = ("compiled", "onnxruntime-fp32", "tvm-fp32", "pytorch-eager")
+REPORT_FILES = ("bench.json", "bench.md", "bench.png")
 
 
 def bench_inputs(height: int, width: int, mode: str, seed: int = 0):
@@ -65,6 +66,8 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
     out_dir = Path(output_dir)
     if not out_dir.is_dir():
         raise BisrError(f"--output-dir {out_dir} does not exist")
+    for name in REPORT_FILES:
+        check_output(out_dir / name, "--output-dir", inputs=(checkpoint_path,))
     if repeat < 1:
         raise BisrError("--repeat must be at least 1")
     ckpt = load_checkpoint(checkpoint_path, mode)

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import BisrError
-from ..fileio import atomic_output, load_array
+from ..fileio import atomic_output, check_output, load_array
 from ..train.config import DataConfig
 from ..train.datasets import heldout_synthetic, load_cube
 from ..train.evaluate import markdown_table, scene_with_mask, score
@@ -35,6 +35,9 @@ def evaluate_command(checkpoints, scene_paths, keys, synthetic, size, mask_path,
     """Compare checkpoints by PSNR/SSIM on simulated snapshots of ground-truth scenes."""
     if not scene_paths and not synthetic:
         raise BisrError("no scenes: give --scene FILE and/or --synthetic N")
+    labelled = _labelled(checkpoints)
+    if output:
+        check_output(output, "--output", (".md",), (*labelled.values(), *scene_paths, mask_path))
     mask = load_array(mask_path, mask_key) if mask_path else generated_mask(256, 256)
     if mask.ndim != 2:
         raise BisrError(f"--mask must be 2-D, got shape {mask.shape}")
@@ -44,7 +47,7 @@ def evaluate_command(checkpoints, scene_paths, keys, synthetic, size, mask_path,
     for i, cube in enumerate(heldout_synthetic(synthetic, size)):
         synthetic_names.append(f"synthetic-{2 * i + 1}")
         scenes.append(scene_with_mask(synthetic_names[-1], cube, mask))
-    table = markdown_table(score(_labelled(checkpoints), scenes), {"synthetic mean": synthetic_names})
+    table = markdown_table(score(labelled, scenes), {"synthetic mean": synthetic_names})
     click.echo(table)
     if output:
         with atomic_output(output) as tmp:

@@ -18,7 +18,9 @@ from ..cassi import snapshot_width
 def export_command(checkpoint_path, output, height, width, mode):
     """Export BiSRNet to ONNX: raw snapshot (+ mask) in, 28-band cube out; runs in stock ONNX Runtime."""
     from ..export import export_onnx, save_onnx
+    from ..fileio import check_output
 
+    check_output(output, "--output", (".onnx",), (checkpoint_path,))
     model = export_onnx(checkpoint_path, height, width, mode)
     size = save_onnx(model, output)
     props = {p.key: p.value for p in model.metadata_props}

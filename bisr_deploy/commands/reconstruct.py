@@ -7,7 +7,7 @@ import numpy as np
 
 from ..checkpoint import load_checkpoint
 from ..errors import BisrError
-from ..fileio import load_array, save_array
+from ..fileio import ARRAY_OUTPUT_SUFFIXES, check_output, load_array, save_array
 from ..metrics import psnr, ssim
 from ..reconstruct import reconstruct
 
@@ -31,6 +31,10 @@ from ..reconstruct import reconstruct
               help="Write a PNG: RGB rendering of the cube and the spectra of a few regions.")
 def reconstruct_command(checkpoint_path, measurement, mask_path, key, mask_key, mode, output, truth, truth_key, preview):
     """Reconstruct a hyperspectral cube from one CASSI snapshot."""
+    inputs = (checkpoint_path, measurement, mask_path, truth)
+    check_output(output, "--output", ARRAY_OUTPUT_SUFFIXES, inputs)
+    if preview:
+        check_output(preview, "--preview", (".png",), inputs + (output,))
     model = load_checkpoint(checkpoint_path, mode).build_model()
     y = load_array(measurement, key)
     mask = load_array(mask_path, mask_key) if mask_path else None
@@ -52,7 +56,8 @@ def reconstruct_command(checkpoint_path, measurement, mask_path, key, mask_key, 
 
 
 def _load_truth(path: str, key: str | None, n_bands: int) -> np.ndarray:
-    cube = load_array(path, key).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 becomes Inf, refused below
+        cube = load_array(path, key).astype(np.float32)
     if cube.ndim != 3 or n_bands not in (cube.shape[0], cube.shape[-1]):
         raise BisrError(f"--truth must be a {n_bands}-band cube, got shape {cube.shape}")
     if cube.shape[0] != n_bands:

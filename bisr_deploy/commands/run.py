@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..fileio import load_array, save_array
+from ..fileio import ARRAY_OUTPUT_SUFFIXES, check_output, load_array, save_array
 
 
 @click.command("run")
@@ -13,7 +15,7 @@ from ..fileio import load_array, save_array
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None, help="2-D mask H x W (sim mode).")
 @click.option("--key", default=None, help="Variable name inside --measurement when it holds several.")
 @click.option("--mask-key", default=None, help="Variable name inside --mask when it holds several.")
-@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads, at least 1 (default: all cores).")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="Cube 28 x H x W: .npy or .mat.")
 def run_command(artifact, measurement, mask_path, key, mask_key, threads, output):
     """Reconstruct a cube with a compiled artifact (made by `bisr-deploy compile`).
@@ -22,13 +24,14 @@ def run_command(artifact, measurement, mask_path, key, mask_key, threads, output
     from .. import emulation
     from ..runtime import load, read_manifest, set_num_threads
 
+    check_output(output, "--output", ARRAY_OUTPUT_SUFFIXES, (measurement, mask_path, *Path(artifact).glob("*")))
     y = load_array(measurement, key)
     mask = load_array(mask_path, mask_key) if mask_path else None
     if emulation.is_foreign(read_manifest(artifact)):
         cube = emulation.run_artifact(artifact, y, mask)
     else:
         model = load(artifact)
-        if threads:
+        if threads is not None:
             set_num_threads(threads)
         cube = model(y, mask)
     save_array(output, cube)

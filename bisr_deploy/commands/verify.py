@@ -10,7 +10,7 @@ import click
 from .. import verify as v
 from ..checkpoint import load_checkpoint
 from ..errors import BisrError
-from ..fileio import atomic_output, file_sha256, load_array
+from ..fileio import atomic_output, check_output, file_sha256, load_array
 
 
 @click.command("verify")
@@ -36,6 +36,8 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
     Exits with status 1 when a criterion fails (criteria: bisr_deploy/verify.py)."""
     from .. import emulation, runtime
 
+    if json_path:
+        check_output(json_path, "--json", (".json",), (checkpoint_path, mask_path, *Path(artifact).glob("*")))
     manifest = runtime.read_manifest(artifact)
     ckpt = load_checkpoint(checkpoint_path)
     if ckpt.config.mode != manifest["mode"]:

@@ -7,7 +7,9 @@ Artifact (format ``bisr-deploy-artifact`` version 1, read by ``bisr_deploy.runti
     DIR/model.onnx      the ONNX model it was compiled from (``bisr-deploy estimate`` re-lowers its kernels)
     DIR/manifest.json   interface, target, versions, source hash, per-layer kernels, sha256 of every file
 
-The directory is built in a temporary sibling and renamed into place, so a failed build leaves nothing.
+The directory is built in a temporary sibling and renamed into place (``fileio.atomic_directory``), so a
+failed build leaves nothing; an existing output is replaced only when it is an artifact holding nothing but its
+own files (``runtime.is_artifact``).
 """
 
 from __future__ import annotations
@@ -15,17 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from .. import __version__
-from ..fileio import file_sha256
 from ..errors import BisrError
-from ..runtime import FORMAT_NAME, FORMAT_VERSION, LIBRARY, MANIFEST, PARAMS, SOURCE_MODEL
+from ..fileio import atomic_directory, check_output, file_sha256
+from ..runtime import FORMAT_NAME, FORMAT_VERSION, LIBRARY, MANIFEST, PARAMS, SOURCE_MODEL, is_artifact
 from .onnx_import import ImportedModel, import_onnx
 from .pipeline import cpu_pipeline
 from .targets import CompileTarget, fcompile_for, resolve_target
@@ -75,18 +75,13 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
     """Compile ``model`` for ``target`` (default: x86 native) into the artifact directory ``output``.
 
     ``source``: provenance to record (e.g. ``{"file": ..., "sha256": ...}``); the sha256 of the serialized
-    ONNX model is always recorded. Refuses to overwrite an existing non-artifact path. Returns the manifest.
+    ONNX model is always recorded. Refuses (before compiling) an output it may not replace: anything but an
+    artifact with nothing but its own files. Returns the manifest.
     """
     import tvm
 
     target = target or resolve_target()
-    output = Path(output)
-    if output.exists() and not (output / MANIFEST).is_file():
-        raise BisrError(f"{output} exists and is not a bisr-deploy artifact; refusing to overwrite it")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BisrError(f"cannot write {output}: {exc.strerror} ({output.parent})") from exc
+    output = check_artifact_output(output)
     imported, executable = compile_module(model, target)
     meta = _model_metadata(model)
     onnx_bytes = model.SerializeToString()
@@ -104,8 +99,7 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
         "params": [name for name, _ in imported.params],
         "layers": _layer_records(imported),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
+    with atomic_directory(output, is_artifact) as tmp:
         executable.export_library(str(tmp / LIBRARY), fcompile=fcompile_for(target))  # cross linker for ARM
         with open(tmp / PARAMS, "wb") as fh:
             np.savez(fh, **{f"p{i:04d}": array for i, (_, array) in enumerate(imported.params)})
@@ -113,14 +107,14 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
         manifest["files"] = {name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                              for name in (LIBRARY, PARAMS, SOURCE_MODEL)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        if output.exists():  # replacing an older artifact: move it aside first, then swap
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
-            os.replace(output, old / "artifact")
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
+
+
+def check_artifact_output(output: str | os.PathLike, inputs: tuple = ()) -> Path:
+    """``output`` as a Path if an artifact may be written there: its parent exists and it is absent or an
+    artifact with nothing but its own files (``runtime.is_artifact``). Raises ``BisrError``."""
+    output = check_output(output, "--output", inputs=inputs, directory=True)
+    if output.exists() and not is_artifact(output):
+        raise BisrError(f"--output {output} exists and is not a bisr-deploy artifact holding only its own files; "
+                        "refusing to replace it: remove it yourself or choose another path")
+    return output

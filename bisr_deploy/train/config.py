@@ -7,6 +7,7 @@ impossible values raise ``BisrError`` naming the offending key, before any data 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -75,6 +76,8 @@ def _check_type(where: str, value, default):
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise BisrError(f"config {where} = {value!r}: must be a finite number")
     elif isinstance(default, list):
         ok = isinstance(value, list)
     else:
@@ -119,7 +122,7 @@ def validate(config: TrainConfig) -> None:
     need(0.0 <= d.synthetic_fraction <= 1.0, f"data.synthetic_fraction must be in [0, 1] (got {d.synthetic_fraction})")
     need(d.synthetic_fraction > 0 or d.train_folders, "no training data: data.train_folders is empty and data.synthetic_fraction is 0")
     need(d.samples_per_epoch >= 1, f"data.samples_per_epoch must be positive (got {d.samples_per_epoch})")
-    need(d.scale == "auto" or (isinstance(d.scale, (int, float)) and d.scale > 0), f"data.scale must be \"auto\" or a positive number (got {d.scale!r})")
+    need(d.scale == "auto" or (isinstance(d.scale, (int, float)) and 0 < d.scale < math.inf), f"data.scale must be \"auto\" or a positive number (got {d.scale!r})")
     need(d.mask_size >= d.patch_size, f"data.mask_size {d.mask_size} is smaller than data.patch_size {d.patch_size}")
     need(d.val_synthetic >= 0, "data.val_synthetic must be >= 0")
     need(t.epochs >= 1, f"train.epochs must be positive (got {t.epochs})")
@@ -156,6 +159,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise BisrError(f"{path}: cannot read config ({exc.strerror})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise BisrError(f"{path}: not valid TOML ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise BisrError(f"{path}: not valid TOML (not UTF-8 text at byte {exc.start})") from exc
     for text in overrides:
         section, key, value = parse_override(text)
         raw.setdefault(section, {})

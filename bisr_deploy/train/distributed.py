@@ -71,6 +71,15 @@ def check_replicas(model: torch.nn.Module, ctx: Context) -> None:
         raise BisrError("data-parallel replicas have diverged (parameter checksums differ between processes)")
 
 
+def all_true(flag: bool, ctx: Context) -> bool:
+    """True when ``flag`` holds in every process (one all-reduce; no communication in a single process)."""
+    if ctx.world_size == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], device=ctx.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -94,6 +94,11 @@ class Trainer:
             raise BisrError(f"--resume: no training state {state_path} to resume from")
         if not resume and state_path.exists():
             raise BisrError(f"{self.out} already holds a run ({STATE_FILE}); pass --resume or choose another train.output_dir")
+        if self.out.exists() and not self.out.is_dir():
+            raise BisrError(f"train.output_dir {self.out} exists and is not a directory")
+        if not resume and any((self.out / name).exists() for name in (CHECKPOINT_FILE, BEST_FILE, HISTORY_FILE)):
+            raise BisrError(f"{self.out} already holds checkpoints or a history but no training state; "
+                            "choose another train.output_dir rather than overwrite them")
         mask = load_mask(d)
         cubes = [cube for folder in d.train_folders for _, cube in load_folder(folder, d, d.patch_size)]
         noisy = config.model.mode == "real" or d.shot_noise
@@ -205,11 +210,22 @@ class Trainer:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=t.amp and dev.type == "cuda"):
             out = self.ddp(h, mask3d)
         loss = torch.sqrt(F.mse_loss(out.float(), truth.to(dev)))
+        if not distributed.all_true(bool(torch.isfinite(loss.detach())), self.ctx):
+            self._stop(f"the loss is {float(loss.detach())} (not finite)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self._stop("the weights are no longer finite after this step")
         return float(loss.detach())
+
+    def _stop(self, why: str) -> None:
+        """End a diverged run with a ``BisrError``; the checkpoint files keep the last finite weights."""
+        kept = self.out / CHECKPOINT_FILE
+        keeps = f"{kept} keeps the last good weights" if kept.is_file() else "no checkpoint was written"
+        raise BisrError(f"training stopped at epoch {self.epoch + 1}, step {self.global_step + 1}: {why}; {keeps} "
+                        "(try a smaller train.lr)")
 
     def validate(self) -> dict:
         """PSNR/SSIM (``bisr_deploy.metrics``) of each validation scene and their means."""
@@ -235,6 +251,14 @@ class Trainer:
                    desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
         self.model.train()
         tick = time.perf_counter()
+        try:
+            self._loop(bar, tick)
+        finally:
+            bar.close()
+        return self.model
+
+    def _loop(self, bar, tick: float) -> None:
+        t = self.config.train
         while self.epoch < t.epochs:
             while self.position < self.steps_per_epoch:
                 loss = self._step()
@@ -262,5 +286,3 @@ class Trainer:
                     Path(tmp).write_text(json.dumps(self.history, indent=1))
             distributed.check_replicas(self.model, self.ctx)
             self._save(best=best)
-        bar.close()
-        return self.model

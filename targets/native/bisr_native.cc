@@ -12,12 +12,16 @@
 #include <sys/auxv.h>
 #endif
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -129,6 +133,32 @@ ffi::Tensor MakeTensor(const std::vector<int64_t>& shape, DLDataType dtype, cons
   return tensor;
 }
 
+// Loads the shared library whose verified bytes are `bytes` from a private copy: a new directory of mode 0700
+// under $TMPDIR (default /tmp) that only this user can write, removed again once the library is mapped. What
+// runs is what was hashed, whatever happens to the artifact directory meanwhile.
+ffi::Module LoadVerifiedLibrary(const std::string& bytes, const std::string& what) {
+  const char* tmpdir = std::getenv("TMPDIR");
+  std::string dir = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/bisr-artifact-XXXXXX";
+  if (::mkdtemp(dir.data()) == nullptr) {
+    Fail(what + ": cannot create a private directory in " + (tmpdir && *tmpdir ? tmpdir : "/tmp") +
+         " to load it from (set TMPDIR to a writable directory)");
+  }
+  const std::string path = dir + "/" + kLibrary;
+  struct Cleanup {
+    std::string dir, path;
+    ~Cleanup() {
+      ::unlink(path.c_str());
+      ::rmdir(dir.c_str());
+    }
+  } cleanup{dir, path};
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out.flush()) Fail(what + ": cannot write its private copy " + path);
+  }
+  return ffi::Module::LoadFromFile(path);
+}
+
 std::string ShapeText(const std::vector<int64_t>& shape) {
   std::string text;
   for (int64_t d : shape) text += (text.empty() ? "" : " x ") + std::to_string(d);
@@ -138,6 +168,7 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
 }  // namespace
 
 struct Artifact::Impl {
+  std::mutex run_mutex;  // the Relax VM keeps per-call state: one Run at a time per artifact
   std::vector<TensorSpec> inputs;
   TensorSpec output;
   std::vector<ffi::Tensor> params;
@@ -175,24 +206,31 @@ Artifact Artifact::Open(const std::string& dir_arg) {
          " is not supported (expected " + std::to_string(kFormatVersion) + ")");
   }
 
-  // Integrity: every listed file has its recorded size and SHA-256; model.so and params.npz are listed.
+  // Integrity: every listed file has its recorded size and SHA-256; model.so and params.npz are listed. The
+  // bytes checked here are the bytes used below (read once into memory), never the files a second time.
   const Json files = manifest.Obj("files");
   for (const char* needed : {kLibrary, kParams}) {
     if (files.raw().find(ffi::String(needed)) == files.raw().end()) Fail(dir + ": manifest does not list " + needed);
   }
+  std::map<std::string, std::string> verified;
   for (const auto& [name_any, record_any] : files.raw()) {
     const std::string name(name_any.cast<ffi::String>());
-    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".." || name == "manifest.json") {
       Fail(dir + ": manifest lists " + name + ", which is not a file of the artifact directory");
     }
-    const Json record(record_any.cast<JsonObject>(), manifest_path);
+    std::optional<JsonObject> record_obj = record_any.try_cast<JsonObject>();
+    if (!record_obj) Fail(manifest_path + ": malformed manifest: the files entry " + name + " is not a record");
+    const Json record(*record_obj, manifest_path);
     const std::string path = dir + "/" + name;
     std::ifstream probe(path, std::ios::binary | std::ios::ate);
     if (!probe) Fail(dir + ": missing artifact file " + name);
-    if (static_cast<int64_t>(probe.tellg()) != record.Get<int64_t>("bytes")) {
-      Fail(path + ": size differs from the manifest (truncated or replaced)");
-    }
-    if (Sha256File(path) != record.Str("sha256")) Fail(path + ": sha256 does not match the manifest (the file was modified)");
+    const int64_t expected = record.Get<int64_t>("bytes");
+    if (static_cast<int64_t>(probe.tellg()) != expected) Fail(path + ": size differs from the manifest (truncated or replaced)");
+    probe.close();
+    std::string bytes = ReadText(path);
+    if (static_cast<int64_t>(bytes.size()) != expected) Fail(path + ": size differs from the manifest (truncated or replaced)");
+    if (Sha256Bytes(bytes) != record.Str("sha256")) Fail(path + ": sha256 does not match the manifest (the file was modified)");
+    verified[name] = std::move(bytes);
   }
 
   // Target: this machine's architecture and CPU features.
@@ -218,7 +256,8 @@ Artifact Artifact::Open(const std::string& dir_arg) {
 
   // Parameters: params.npz members p0000, p0001, ... in the order of manifest "params".
   const size_t n_params = manifest.Get<JsonArray>("params").size();
-  std::vector<std::pair<std::string, NpyArray>> npz = LoadNpz(dir + "/" + kParams);
+  std::vector<std::pair<std::string, NpyArray>> npz = ParseNpz(verified[kParams], dir + "/" + kParams);
+  verified[kParams].clear();
   for (size_t i = 0; i < n_params; ++i) {
     char key[16];
     std::snprintf(key, sizeof(key), "p%04zu", i);
@@ -231,7 +270,7 @@ Artifact Artifact::Open(const std::string& dir_arg) {
   }
 
   try {
-    impl->library = ffi::Module::LoadFromFile(dir + "/" + kLibrary);
+    impl->library = LoadVerifiedLibrary(verified[kLibrary], dir + "/" + kLibrary);
     ffi::Optional<ffi::Function> load = (*impl->library)->GetFunction("vm_load_executable");
     if (!load) Fail(dir + "/" + kLibrary + ": not a Relax VM executable");
     impl->vm = (*load)().cast<ffi::Module>();
@@ -265,6 +304,7 @@ FloatArray Artifact::Run(const std::vector<FloatArray>& inputs) const {
   for (const ffi::Tensor& param : impl_->params) args.emplace_back(param);
 
   ffi::Any result;
+  std::lock_guard<std::mutex> lock(impl_->run_mutex);
   try {
     std::vector<ffi::AnyView> views(args.begin(), args.end());
     impl_->main->CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);

@@ -74,8 +74,7 @@ NpyArray ParseNpy(const std::string& bytes, const std::string& what) {
 
 NpyArray LoadNpy(const std::string& path) { return ParseNpy(ReadFile(path), path); }
 
-std::vector<std::pair<std::string, NpyArray>> LoadNpz(const std::string& path) {
-  const std::string zip = ReadFile(path);
+std::vector<std::pair<std::string, NpyArray>> ParseNpz(const std::string& zip, const std::string& path) {
   const size_t eocd = zip.rfind(std::string("PK\x05\x06", 4));
   if (eocd == std::string::npos || zip.size() - eocd < 22) Fail(path + ": not a zip (.npz) file");
   const size_t count = Le(zip, eocd + 10, 2, path);

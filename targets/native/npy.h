@@ -29,7 +29,8 @@ size_t Numel(const std::vector<int64_t>& shape);
 NpyArray ParseNpy(const std::string& bytes, const std::string& what);
 NpyArray LoadNpy(const std::string& path);
 // The members of an np.savez file in archive order, names without ".npy". Compressed members are refused.
-std::vector<std::pair<std::string, NpyArray>> LoadNpz(const std::string& path);
+// The members of the .npz held in `zip` (bytes already read); `what` names it in errors.
+std::vector<std::pair<std::string, NpyArray>> ParseNpz(const std::string& zip, const std::string& what);
 
 // float32 (as is) or float64 (rounded) -> float32; other dtypes throw.
 FloatArray ToFloat32(const NpyArray& array, const std::string& what);

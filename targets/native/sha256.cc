@@ -2,9 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
-#include <stdexcept>
 #include <vector>
 
 namespace bisr {
@@ -94,16 +92,9 @@ class Sha256 {
 
 }  // namespace
 
-std::string Sha256File(const std::string& path) {
-  std::FILE* fh = std::fopen(path.c_str(), "rb");
-  if (fh == nullptr) throw std::runtime_error(path + ": cannot open");
+std::string Sha256Bytes(const std::string& bytes) {
   Sha256 digest;
-  std::vector<uint8_t> buf(1 << 16);
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), fh)) > 0) digest.Update(buf.data(), n);
-  bool failed = std::ferror(fh) != 0;
-  std::fclose(fh);
-  if (failed) throw std::runtime_error(path + ": read error");
+  digest.Update(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
   return digest.HexDigest();
 }
 

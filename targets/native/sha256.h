@@ -7,7 +7,7 @@
 namespace bisr {
 
 // Hex SHA-256 of the whole file at `path`; throws std::runtime_error if it cannot be read.
-std::string Sha256File(const std::string& path);
+std::string Sha256Bytes(const std::string& bytes);  // hex digest of `bytes`
 
 }  // namespace bisr
 

@@ -8,6 +8,9 @@ package org.bisr;
  * returns the cube 28 x H x W row-major. Errors are IllegalStateException with the loader's message.
  * The shared libraries libtvm_ffi, libtvm_runtime, libbisr_native and libbisr_jni must be on the library
  * path (an APK's lib/arm64-v8a/).
+ *
+ * <p>Thread-safe: any number of threads may call {@code reconstruct} on one instance; the calls take turns
+ * (each already uses TVM's thread pool) and give the serial results. {@code close} waits for a running call.
  */
 public final class BisrNative implements AutoCloseable {
     static {
@@ -23,13 +26,13 @@ public final class BisrNative implements AutoCloseable {
         handle = open(artifactDir);
     }
 
-    public float[] reconstruct(float[] measurement, float[] mask) {
+    public synchronized float[] reconstruct(float[] measurement, float[] mask) {
         if (handle == 0) throw new IllegalStateException("closed");
         return run(handle, measurement, mask);
     }
 
     @Override
-    public void close() {
+    public synchronized void close() {
         if (handle != 0) close(handle);
         handle = 0;
     }
