@@ -3,11 +3,12 @@ it there (bisr_deploy/estimate/, docs/estimate.md); ``--measure`` puts this mach
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import click
 
 from ..errors import BisrError
+from ..fileio import check_output
 
 
 def _table(report: dict) -> str:
@@ -55,6 +56,8 @@ def estimate_command(artifact, core, clock_ghz, dram_gbs, threads, float_build, 
     from ..runtime import load, read_manifest
 
     check_settings(read_manifest(artifact), chosen, clock_ghz, dram_gbs, threads)  # quick refusals first
+    if json_path:
+        check_output(json_path, "--json", (".json",), tuple(Path(artifact).glob("*")))
     compiled = load(artifact) if measure else None
     report = estimate(prepare_artifact(artifact, float_build), chosen, clock_ghz, dram_gbs, threads)
     if compiled is not None:

@@ -1,7 +1,7 @@
 """The cores ``bisr-deploy estimate`` knows: LLVM 19 scheduling model, clock, DRAM bandwidth and caches assumed.
 
 Every figure names its source in docs/estimate.md (table "Cores"); ``--clock-ghz`` and ``--dram-gbs`` override
-the clock and the bandwidth. ``cache_bytes(threads)``: the cache the DRAM model (``estimate.traffic``) lets
+the clock and the bandwidth. ``cache_bytes(threads)``: the cache the DRAM model (``network.dram_traffic``) lets
 intermediate tensors stay in: the private L2 of every core used plus the shared L3.
 """
 

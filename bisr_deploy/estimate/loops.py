@@ -15,7 +15,7 @@ Three steps, each exact about what it knows:
    TIR trip count of the loop it belongs to.
 
 Limits, stated in docs/estimate.md: every instruction of a loop body is counted on every iteration (both
-arms of a branch), loads hit L1 (memory traffic is a separate bound, ``estimate.traffic``), and a loop LLVM
+arms of a branch), loads hit L1 (memory traffic is a separate bound, ``network.dram_traffic``), and a loop LLVM
 unrolled by a factor u is counted u times too often (TVM unrolls its own small loops before LLVM sees them,
 so this is rare: the unrolled copies of the loops *around* a loop, ``.1``, ``.2`` ..., each run the loop's
 trips / copies and are averaged, not summed).

@@ -1,12 +1,13 @@
 """Estimated time of one reconstruction of an artifact on a named core, kernel call by kernel call.
 
-``estimate_artifact(directory, core, ...)`` re-imports the artifact's ONNX model (``model.onnx``, checked
-against the manifest's hash) for its recorded target, lowers it exactly as the build did (``lowered_calls``)
-and, for every kernel call of ``main`` in execution order:
+``prepare_artifact(directory)`` re-imports the artifact's ONNX model (``model.onnx``, checked against the
+manifest's hash) for its recorded target, lowers it exactly as the build did (``lowered_calls``) and compiles
+the kernels' machine loops (``loops.compile_kernels``, the slow part); ``estimate(prepared, core, ...)`` then
+gives, for every kernel call of ``main`` in execution order:
 
 - ``binary_macs`` / ``float_macs``: the multiply-accumulates of the BiSR-Conv layers / float convolutions the
   call computes (complexity.py's convention: output elements x input channels per group x KH x KW);
-- ``compute_cycles``: ``loops.compute_cycles`` (llvm-mca on the machine loops x TIR trip counts); the part in
+- ``compute_cycles``: ``CompiledKernels.cycles`` (llvm-mca on the machine loops x TIR trip counts); the part in
   parallel loops is divided by ``threads``;
 - ``dram_bytes``: ``dram_traffic``, a buffer-granular LRU of the core's cache (L2 per thread + L3): an input
   not resident is read from DRAM, a written buffer pushed out of the cache is written back;
@@ -33,9 +34,12 @@ def _target(manifest: dict):
     from ..compile.targets import ARM_ARCHES, CompileTarget
 
     target = manifest["target"]
-    features = tuple(target["required_cpu_features"])
-    lanes = 4 if target["arch"] in ARM_ARCHES else (16 if "avx512f" in features else 8)
-    return CompileTarget(target["arch"], target["cpu"], target["tvm_target"], lanes, features)
+    if not isinstance(target.get("tvm_target"), dict) or "mtriple" not in target["tvm_target"]:
+        raise BisrError("the artifact's manifest lacks target.tvm_target: compile it again")
+    features = tuple(target.get("required_cpu_features", ()))
+    arch = target.get("arch", "x86")
+    lanes = 4 if arch in ARM_ARCHES else (16 if "avx512f" in features else 8)
+    return CompileTarget(arch, target.get("cpu", "native"), target["tvm_target"], lanes, features)
 
 
 def load_source_model(directory: Path, manifest: dict):
