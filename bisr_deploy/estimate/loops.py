@@ -11,14 +11,13 @@ Three steps, each exact about what it knows:
    names. TVM names the blocks of a TIR loop ``for_body_<loop variable>``, which ties every machine loop
    to its TIR loop (``machine_loops``).
 3. ``mca_cycles``: ``llvm-mca`` (LLVM 19's scheduling model of the chosen core) simulates each machine
-   loop's own instructions (those not in a nested loop) for 100 iterations: cycles per iteration, times the
-   TIR trip count of the loop it belongs to.
+   loop's own instructions (those not in a nested loop) for 100 iterations: cycles per iteration, divided
+   by the loop's ``unroll_factor`` (LLVM's own unrolling), times the TIR trip count of the loop it runs
+   (``tir_loop_of``); copies of one TIR loop (unswitched, or inside an unrolled outer loop) are averaged.
 
 Limits, stated in docs/estimate.md: every instruction of a loop body is counted on every iteration (both
-arms of a branch), loads hit L1 (memory traffic is a separate bound, ``network.dram_traffic``), and a loop LLVM
-unrolled by a factor u is counted u times too often (TVM unrolls its own small loops before LLVM sees them,
-so this is rare: the unrolled copies of the loops *around* a loop, ``.1``, ``.2`` ..., each run the loop's
-trips / copies and are averaged, not summed).
+arms of a branch), loads hit L1 (memory traffic is a separate bound, ``network.dram_traffic``), loops that
+LLVM's vectoriser makes (``vector.body``) and the remainders of its unrolling are not counted.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from ..errors import BisrError
 
-LLVM_BIN = Path("/usr/lib/llvm-19/bin")  # Debian's llvm-19 (tools/install.sh)
+LLVM_BIN = Path("/usr/lib/llvm-19/bin")  # Debian's llvm-19 (.ci/setup-arm.sh installs it)
 MCA_ITERATIONS = 100
 
 
