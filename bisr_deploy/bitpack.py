@@ -1,4 +1,4 @@
-"""Sign-bit packing of binary convolution weights, the layout of ``ai.bisr::BiSRConv`` (docs/custom-ops.md).
+"""Sign-bit packing of binary convolution weights, the layout of the BiSRConv custom op (docs/custom-ops.md).
 
 A real-valued weight W [O, Cg, KH, KW] becomes ``bits`` uint8 [O, ceil(Cg·KH·KW / 8)]:
 - bit value 1 means +1 (W > 0), 0 means -1 (W <= 0: Sign(0) = -1, the paper's Eq. 3);

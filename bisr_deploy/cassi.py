@@ -13,25 +13,12 @@ from __future__ import annotations
 import torch
 
 from .errors import BisrError
-
-DEFAULT_STEP = 2
-DEFAULT_BANDS = 28
+from .snapshot import DEFAULT_BANDS, DEFAULT_STEP, scene_width
 
 
 def snapshot_width(width: int, n_bands: int = DEFAULT_BANDS, step: int = DEFAULT_STEP) -> int:
     """Width of the snapshot of a ``width``-pixel-wide scene."""
     return width + step * (n_bands - 1)
-
-
-def scene_width(snap_width: int, n_bands: int = DEFAULT_BANDS, step: int = DEFAULT_STEP) -> int:
-    """Width of the scene behind a ``snap_width``-pixel-wide snapshot; fails when there is none."""
-    width = snap_width - step * (n_bands - 1)
-    if width < 1:
-        raise BisrError(
-            f"snapshot width {snap_width} is too small for {n_bands} bands dispersed by {step} pixels "
-            f"(needs more than {step * (n_bands - 1)})"
-        )
-    return width
 
 
 def shift(cube: torch.Tensor, step: int = DEFAULT_STEP) -> torch.Tensor:

@@ -12,6 +12,9 @@ simulation model uses ``fution``; the caller can override it.
 Every file is checked before its tensors are used: a zip's declared member sizes against the file and the
 input limit (``fileio.max_array_bytes``) and every member's CRC-32; each tensor's declared size against the
 data it points to; every floating-point tensor finite (a NaN or Inf weight is refused, naming the tensor).
+
+Named checkpoints (``NAMED_CHECKPOINTS``) are project-format files shipped as package data in ``shipped/``;
+wherever a checkpoint path is taken, a name may stand instead, and ``None`` means ``DEFAULT_CHECKPOINT``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,14 @@ from .safe_pickle import read_tensors
 
 FORMAT_NAME = "bisr-deploy-checkpoint"
 FORMAT_VERSION = "1"
-# The directory that holds this package's repository, where the shipped checkpoint lives.
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bisrnet-sim-shipped.safetensors"
+# Package data: the named checkpoints, their model card and licenses (bisr_deploy/shipped/MODEL_CARD.md).
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+NAMED_CHECKPOINTS = {
+    "authors-sim": "the authors' simulation model (BiSCI release, MIT; input: snapshot + mask)",
+    "authors-real": "the authors' real-camera model (BiSCI release, MIT; input: snapshot only)",
+    "trained-sim": "this project's 27-minute CPU demonstration run (simulation mode)",
+}
+DEFAULT_CHECKPOINT = "authors-sim"
 
 
 @dataclass
@@ -168,18 +177,25 @@ def check_tensors(path: str, tensors: dict) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise BisrError(f"{path}: tensor {name} holds NaN or Inf values")
 
+def resolve_checkpoint(spec: str | os.PathLike | None) -> Path:
+    """The file behind ``spec``: a name of ``NAMED_CHECKPOINTS`` (names win over same-named files; write
+    ``./NAME`` for those), a path, or ``None`` for ``DEFAULT_CHECKPOINT``."""
+    name = DEFAULT_CHECKPOINT if spec is None else str(spec)
+    if name not in NAMED_CHECKPOINTS:
+        return Path(name)
+    path = SHIPPED_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        raise BisrError(f"the named checkpoint {name} is not installed ({path} is missing)")
+    return path
+
 
 def load_checkpoint(path: str | os.PathLike | None = None, mode: str | None = None) -> Checkpoint:
-    """Load a project checkpoint or an authors' ``.pth``; ``None`` means the shipped default.
+    """Load a named checkpoint, a project checkpoint or an authors' ``.pth`` (``resolve_checkpoint``).
 
     ``mode`` overrides the input mode inferred for an authors' file. Raises ``BisrError`` with a one-line
     message for missing, truncated, corrupt, malicious or foreign files.
     """
-    if path is None:
-        if not SHIPPED_CHECKPOINT.exists():
-            raise BisrError("no --checkpoint given and the shipped default checkpoint is not installed")
-        path = SHIPPED_CHECKPOINT
-    path = str(path)
+    path = str(resolve_checkpoint(path))
     if not os.path.isfile(path):
         raise BisrError(f"{path}: no such checkpoint file")
     with open(path, "rb") as fh:

@@ -14,6 +14,7 @@ import warnings
 import click
 
 from . import __version__
+from .checkpoint import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS
 from .errors import BisrError
 
 
@@ -45,19 +46,22 @@ class BisrGroup(click.Group):
         return code
 
 
-@click.group(cls=BisrGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=BisrGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=f"Named checkpoints for --checkpoint: {', '.join(NAMED_CHECKPOINTS)} (default {DEFAULT_CHECKPOINT}); "
+                    "`bisr-deploy info` describes them.")
 @click.version_option(__version__, prog_name="bisr-deploy")
 def main():
     """BiSRNet hyperspectral reconstruction: train, export to ONNX, compile with TVM, run, verify, benchmark."""
 
 
 def _register():
-    from .commands import bench, estimate, evaluate, export, info, reconstruct, run, train, verify
+    from .commands import bench, convert, estimate, evaluate, export, info, reconstruct, run, train, verify
     from .commands import compile as compile_cmd
 
     for command in (reconstruct.reconstruct_command, info.info_command, train.train_command,
                     evaluate.evaluate_command, export.export_command, compile_cmd.compile_command,
-                    run.run_command, verify.verify_command, bench.bench_command, estimate.estimate_command):
+                    run.run_command, verify.verify_command, bench.bench_command, convert.convert_command,
+                    estimate.estimate_command):
         main.add_command(command)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -25,11 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifact import Manifest, read_manifest
+from .compile.targets import TARGETS
 from .cross import SETUP_HINT, require_tool
 from .errors import BisrError
+from .hostcpu import host_arch, triple_arch
+
+QEMU = TARGETS["arm"].emulator  # the environment below is the aarch64 Linux one
 
 ENV_VAR = "BISR_ARM_ENV"
-QEMU = "qemu-aarch64"
 GUEST_PYTHON = "usr/bin/python3.11"
 MANIFEST = "env.json"
 
@@ -149,10 +152,11 @@ for j, name in enumerate(json.load(open(f"{{work}}/layers.json"))):
 """
 
 
-def is_foreign(manifest: dict) -> bool:
-    """True when the artifact's code is aarch64 and this machine is not (so it must run under emulation)."""
-    arch = manifest["target"].get("triple", "").split("-")[0]
-    return arch == "aarch64" and platform.machine() not in ("aarch64", "arm64")
+def is_foreign(manifest: Manifest) -> bool:
+    """True when the artifact's code is for another architecture and its target has an emulator (aarch64 on
+    x86_64: it must run under qemu)."""
+    entry = TARGETS.get(manifest.target.arch)
+    return triple_arch(manifest.target.triple) != host_arch() and entry is not None and entry.emulator is not None
 
 
 def run_emulated(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np.ndarray | None]],
@@ -170,7 +174,7 @@ def run_emulated(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np
     from . import runtime
 
     directory = Path(directory).resolve()
-    manifest = runtime.read_manifest(directory)
+    manifest = read_manifest(directory)
     layer_inputs = layer_inputs or {}
     env = env or load_env()
     with tempfile.TemporaryDirectory(prefix="bisr-emulated-") as tmp:
@@ -178,7 +182,7 @@ def run_emulated(directory: str | os.PathLike, inputs: list[tuple[np.ndarray, np
         # Only bisr_deploy joins the guest's path: the host's site-packages holds x86_64 builds.
         (tmp / "path").mkdir()
         (tmp / "path" / "bisr_deploy").symlink_to(Path(__file__).resolve().parent)
-        n_inputs = len(manifest["inputs"])
+        n_inputs = len(manifest.inputs)
         for k, (measurement, mask) in enumerate(inputs):
             for i, array in enumerate(runtime.artifact_inputs(manifest, measurement, mask)):
                 np.save(tmp / f"in{k}_{i}.npy", array)

@@ -8,7 +8,7 @@ Sign conventions (``sign_zero``):
 - ``"zero"`` (default, the authors' code): ``torch.sign``, so Sign(0) = 0 for activations and weights. The
   3x3 convolutions zero-pad their ±1 input, so border taps contribute 0 in every convention.
 - ``"negative"`` (the paper's Eq. 3): Sign(0) = -1. This is what a 1-bit representation can hold and what
-  the bit-packed deploy path (``bisr_deploy.bitpack``, the ``ai.bisr`` ONNX ops) computes. The two differ
+  the bit-packed deploy path (``bisr_deploy.bitpack``, the BiSRConv custom ONNX op) computes. The two differ
   only where a redistributed activation or a weight is exactly 0.0.
 
 The backward pass of Sign uses one of the approximations of Eq. 4/5 (``sign_approx``): ``"tanh"``

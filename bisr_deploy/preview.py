@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .train.spectra import CASSI_WAVELENGTHS
+from .data.spectra import CASSI_WAVELENGTHS
 from .fileio import atomic_output
 
 _XYZ_TO_SRGB = np.array([[3.2406, -1.5372, -0.4986], [-0.9689, 1.8758, 0.0415], [0.0557, -0.2040, 1.0570]])

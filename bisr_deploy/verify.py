@@ -19,6 +19,7 @@ operators (docs/custom-ops.md); the authors' ``torch.sign`` differs from it only
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .artifact import Manifest
 from .cassi import simulate_snapshot
 from .checkpoint import Checkpoint
 from .errors import BisrError
@@ -40,12 +42,45 @@ MIN_PSNR_VS_TORCH_DB = 30.0
 LAYER_MIN_AGREEMENT = 0.999
 LAYER_RTOL = 1e-4  # relative to the layer output's largest magnitude
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-DEFAULT_SCENES = SHARED_DATA / "hsi-scenes"
-DEFAULT_REAL = SHARED_DATA / "tsa-cassi" / "real_measurements"
-STANDARD_MASKS = {"sim": SHARED_DATA / "tsa-cassi" / "mask_simulation_256.mat",
-                  "real": SHARED_DATA / "tsa-cassi" / "mask_real_660.mat"}
+DATA_ENV = "BISR_DATA"
+CHECKOUT_DATA = Path("..") / "shared" / "data"  # relative to the working directory: a checkout's ../shared
 CUBE_KEYS = ["img", "NRD", "Omsi", "msi"]
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """A folder laid out like the project's reference data (``../shared/data`` beside a checkout)."""
+
+    root: Path
+
+    @property
+    def scenes(self) -> Path:
+        return self.root / "hsi-scenes"
+
+    @property
+    def real(self) -> Path:
+        return self.root / "tsa-cassi" / "real_measurements"
+
+    def mask(self, mode: str) -> Path:
+        return self.root / "tsa-cassi" / {"sim": "mask_simulation_256.mat", "real": "mask_real_660.mat"}[mode]
+
+    def needed(self, mode: str) -> list[Path]:
+        return [self.scenes, self.mask(mode)] + ([self.real] if mode == "real" else [])
+
+
+def reference_data(data_dir: str | None, mode: str) -> ReferenceData | None:
+    """``--data DIR``, else ``$BISR_DATA``, else ``../shared/data`` of the working directory when it exists;
+    ``None`` when there is none. A chosen folder must hold what ``mode`` needs, else ``BisrError`` naming it."""
+    source, root = ("--data", data_dir) if data_dir else (DATA_ENV, os.environ.get(DATA_ENV))
+    if not root:
+        if not CHECKOUT_DATA.is_dir():
+            return None
+        source, root = "the default ../shared/data", CHECKOUT_DATA
+    data = ReferenceData(Path(root))
+    missing = [str(p) for p in data.needed(mode) if not p.exists()]
+    if missing:
+        raise BisrError(f"reference data from {source} lacks {', '.join(missing)} (see `bisr-deploy verify --help`)")
+    return data
 
 
 @dataclass
@@ -110,16 +145,15 @@ def crop_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(mask[:height, :width], dtype=np.float32)
 
 
-def default_mask(mode: str, height: int, width: int) -> np.ndarray:
+def default_mask(mode: str, height: int, width: int, data: ReferenceData | None) -> np.ndarray:
     """The coded aperture that simulated snapshots go through: the top-left crop of the TSA-Net mask of the
-    mode (simulation 256 x 256, real camera 660 x 660) when ../shared holds it and it is large enough, else the
+    mode (simulation 256 x 256, real camera 660 x 660) from ``data`` when it is large enough, else the
     project's generated mask."""
-    path = STANDARD_MASKS[mode]
-    if path.exists():
-        mask = load_array(path, "mask")
+    if data is not None:
+        mask = load_array(data.mask(mode), "mask")
         if mask.shape[0] >= height and mask.shape[1] >= width:
             return crop_mask(mask, height, width)
-    from .train.synthetic import generated_mask
+    from .data.synthetic import generated_mask
 
     return generated_mask(height, width, 0)
 
@@ -130,27 +164,35 @@ def _scene(name: str, truth: np.ndarray, aperture: np.ndarray, mode: str) -> Sce
     return Scene(name, snapshot, aperture if mode == "sim" else None, truth)
 
 
-def ground_truth_scenes(folder: Path, height: int, width: int, aperture: np.ndarray, mode: str,
-                        skipped: list[str]) -> list[Scene]:
-    """Top-left height x width crops of every cube in ``folder`` (recursively); smaller cubes are skipped."""
-    from .train.config import DataConfig
-    from .train.datasets import load_cube
+def ground_truth_scenes(folder: Path, height: int, width: int, aperture: np.ndarray, mode: str) -> list[Scene]:
+    """Top-left height x width crops of every cube in ``folder`` (recursively). A smaller cube (the 128 x 128
+    KAIST crop in a 256 x 256 artifact) is mirror-extended to that size (``mirror_extend``) and named
+    ``NAME (mirrored)``; its PSNR covers the whole extended scene, whose copies meet other parts of the mask."""
+    from .data.config import DataConfig
+    from .data.datasets import load_cube
 
     config = DataConfig(keys=CUBE_KEYS)
     scenes = []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in ARRAY_SUFFIXES and p.is_file()):
         cube = load_cube(path, config)
+        name = path.stem
         if cube.shape[1] < height or cube.shape[2] < width:
-            skipped.append(f"{path.name}: {cube.shape[1]} x {cube.shape[2]} is smaller than {height} x {width}")
-            continue
+            cube, name = mirror_extend(cube, height, width), f"{name} (mirrored)"
         truth = np.ascontiguousarray(cube[:, :height, :width])
-        scenes.append(_scene(path.stem, truth, aperture, mode))
+        scenes.append(_scene(name, truth, aperture, mode))
     return scenes
+
+
+def mirror_extend(cube: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``cube`` [C, h, w] extended to at least height x width by mirroring at its bottom and right edges
+    (edge pixels repeated: ``np.pad`` mode ``symmetric``), so the extension has no seams."""
+    pad_h, pad_w = max(height - cube.shape[1], 0), max(width - cube.shape[2], 0)
+    return np.pad(cube, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
 
 
 def synthetic_scenes(count: int, height: int, width: int, aperture: np.ndarray, mode: str) -> list[Scene]:
     """Held-out synthetic scenes (odd seeds; training uses even ones)."""
-    from .train.synthetic import synthetic_scene
+    from .data.synthetic import synthetic_scene
 
     scenes = []
     for i in range(count):
@@ -224,7 +266,7 @@ def agreement(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(np.abs(out - ref) <= tol))
 
 
-def layer_agreement(artifact, manifest: dict, ckpt: Checkpoint, scene: Scene | None) -> dict[str, float]:
+def layer_agreement(artifact, manifest: Manifest, ckpt: Checkpoint, scene: Scene | None) -> dict[str, float]:
     """Run every BiSR-Conv of the artifact on PyTorch's input for that layer (captured on ``scene``)."""
     from . import emulation, runtime
 
@@ -232,7 +274,7 @@ def layer_agreement(artifact, manifest: dict, ckpt: Checkpoint, scene: Scene | N
         return {}
     io = {name: (x.numpy(), y.numpy()) for name, (x, y) in
           bisr_conv_io(with_negative_sign(ckpt.build_model()), scene.measurement, scene.mask).items()}
-    names = [layer["name"] for layer in manifest.get("layers", []) if layer.get("kind") == "bisrconv"]
+    names = [layer.name for layer in manifest.bisrconv_layers()]
     missing = sorted(set(io) - set(names))
     if missing:
         raise BisrError(f"the artifact has no BiSR-Conv named {missing[0]} (and {len(missing) - 1} more): "

@@ -1,8 +1,21 @@
-"""Shared fixtures: paths into ../shared, the authors' checkpoints, the KAIST crop."""
+"""Shared fixtures: paths into ../shared (the only place tests name them), the authors' checkpoints, the KAIST
+crop, compiled artifacts; and the markers that say what a test needs.
+
+Markers (registered in pyproject.toml), checked before the test runs; an unmet need skips the test:
+
+    needs_tvm                TVM imports            needs_data        the reference data (../shared/data)
+    needs_arm_env            the aarch64 cross toolchain and qemu (.ci/setup-arm.sh)
+    needs_tool("a", ...)     programs on PATH       needs_cpu("flag") a CPU feature of this machine (Linux name)
+
+With ``CI=true`` every skip fails the run except those CI expects: a CPU feature the CI machine lacks, or a
+test that cannot apply to this host (``pytest.skip(EXPECTED + reason)``). Everything else is installed by
+tools/install.sh, so a skip there means a broken setup.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +32,68 @@ REAL_PTH = SHARED / "bisci-official" / "real" / "bisrnet.pth"
 KAIST_NPZ = SHARED / "hsi-scenes" / "kaist" / "kaist_crop128.npz"
 STANDARD_MASK = SHARED / "tsa-cassi" / "mask_simulation_256.mat"
 REAL_SCENES = SHARED / "tsa-cassi" / "real_measurements"
+CAVE_SCENES = SHARED / "hsi-scenes" / "cave"
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+EXPECTED = "expected on this host: "  # skip reasons CI accepts start with this
+
+# `bisr-deploy verify` (also in the subprocesses tests start) finds the reference data here, whatever the cwd.
+os.environ.setdefault("BISR_DATA", str(SHARED))
+
+
+def _unmet(mark) -> str | None:
+    """Why the need stated by ``mark`` is not met here (None if it is, or if ``mark`` states no need)."""
+    from bisr_deploy.hostcpu import host_cpu_flags
+
+    if mark.name == "needs_tvm":
+        return None if importlib.util.find_spec("tvm") else "needs TVM (apache-tvm is not installed)"
+    if mark.name == "needs_data":
+        return None if SHARED.is_dir() else f"needs the reference data at {SHARED} (CI lays ../shared beside the clone)"
+    if mark.name == "needs_arm_env":
+        missing = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
+        return f"needs the aarch64 toolchain ({', '.join(missing)} missing; .ci/setup-arm.sh)" if missing else None
+    if mark.name == "needs_tool":
+        missing = [tool for tool in mark.args if shutil.which(tool) is None]
+        return f"needs {', '.join(missing)} on PATH (tools/install.sh, .ci/setup-arm.sh)" if missing else None
+    if mark.name == "needs_cpu":
+        missing = sorted(set(mark.args) - host_cpu_flags())
+        return f"{EXPECTED}this CPU lacks {', '.join(missing)}" if missing else None
+    return None
+
+
+# Fixtures that imply a need: a test using one is marked with it at collection.
+FIXTURE_NEEDS = {"arm_env": ("needs_arm_env", "needs_tvm"),
+                 "arm_artifact": ("needs_arm_env", "needs_tvm", "needs_data"),
+                 "x86_artifact": ("needs_tvm", "needs_data"), "sim_checkpoint": ("needs_data",),
+                 "real_checkpoint": ("needs_data",), "kaist": ("needs_data",),
+                 "artifact64": ("needs_tvm", "needs_data")}  # tests/test_compile.py
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, needs in FIXTURE_NEEDS.items():
+            if fixture in item.fixturenames:
+                for need in needs:
+                    item.add_marker(need)
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers():
+        reason = _unmet(mark)
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI, a skip that CI does not expect (see module docstring) is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if EXPECTED not in reason:
+            report.outcome = "failed"
+            report.longrepr = f"unexpected skip in CI: {reason}"
 
 
 def _need(path: Path) -> Path:
@@ -72,9 +147,7 @@ def arm_env_tool():
 
 @pytest.fixture(scope="session")
 def arm_env():
-    missing = [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"no aarch64 toolchain on this host ({', '.join(missing)} missing; .ci/setup-arm.sh installs it)")
+    """The aarch64 emulation environment (built on first use); tests using it are marked ``needs_arm_env``."""
     from bisr_deploy import emulation
 
     env, _ = arm_env_tool().build(emulation.default_env_dir())

@@ -7,7 +7,6 @@ cross toolchain or qemu-user (.ci/setup-arm.sh installs both in CI).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,7 +19,9 @@ from bisr_deploy import cross, emulation
 from bisr_deploy.errors import BisrError
 
 from .conftest import ARTIFACT_SIZE as SIZE
-from .conftest import REPO, SIM_PTH, arm_env_tool
+from .conftest import EXPECTED, REPO, arm_env_tool
+
+pytestmark = pytest.mark.needs_tvm
 
 NATIVE_DIR = REPO / "targets" / "native"
 ARM_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
@@ -68,7 +69,7 @@ def elf_machine(path) -> int:
 
 def disassemble(path) -> dict[str, list[str]]:
     """aarch64-linux-gnu-objdump -d of ``path`` -> {function symbol: its instruction mnemonics}."""
-    from bisr_deploy.instruction_mix import disassemble as objdump_functions
+    from bisr_deploy.analysis.instruction_mix import disassemble as objdump_functions
 
     return {name: [m for m, _ in code] for name, code in objdump_functions(path, cross.linux_tool("objdump")).items()}
 
@@ -238,12 +239,13 @@ def test_arm_artifact_is_aarch64_with_neon_popcount_in_every_binary_convolution(
 
 def test_arm_artifact_is_refused_natively_on_x86(arm_artifact):
     from bisr_deploy import runtime
+    from bisr_deploy.hostcpu import host_arch
 
-    if emulation.is_foreign({"target": {"triple": "aarch64-linux-gnu"}}):
+    if host_arch() != "aarch64":
         with pytest.raises(BisrError, match="asimd|aarch64"):
             runtime.load(arm_artifact)
     else:
-        pytest.skip("this host is aarch64")
+        pytest.skip(EXPECTED + "this host is aarch64")
 
 
 def test_emulated_arm_artifact_equals_x86(emulated_cubes, x86_cubes, scene):
@@ -351,11 +353,10 @@ public class Main {  // Main ARTIFACT MEASUREMENT.f32 MASK.f32 CUBE.f32 (raw lit
 """
 
 
+@pytest.mark.needs_tool("javac", "java")
 def test_jni_binding_on_x86_equals_python_loader(native_host, x86_artifact, x86_cube, scene, tmp_path):
     """org.bisr.BisrNative (the Android binding of docs/arm.md) on the host JVM, through libbisr_jni."""
-    javac, java = shutil.which("javac"), shutil.which("java")
-    if javac is None or java is None:
-        pytest.skip("no JDK (javac, java) on this host")
+    javac = shutil.which("javac")
     java_home = os.path.dirname(os.path.dirname(os.path.realpath(javac)))
     build = native_host.parent
     subprocess.run(["make", "-s", "-C", str(NATIVE_DIR), f"TVM_SITE={_host_site()}", f"BUILD={build}", "jni",

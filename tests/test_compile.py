@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,40 +12,22 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from bisr_deploy.compile.bitserial import PARAM_NAMES, BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
+from bisr_deploy import bisrconv_op
+from bisr_deploy.artifact import BISRCONV_PARAMS
+from bisr_deploy.compile.bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc, prepare_weights
 from bisr_deploy.compile.floatconv import Conv2dSpec, conv2d_primfunc
-from bisr_deploy.compile.onnx_import import kernel_params, split_custom_ops
+from bisr_deploy.compile.lowering import kernel_params
+from bisr_deploy.compile.split import split_custom_ops
 from bisr_deploy.compile.targets import resolve_target
 from bisr_deploy.errors import BisrError
-from bisr_deploy.export.bisr_op import INPUTS, bisr_conv_initializers
+from bisr_deploy.export.graph import bisr_conv_initializers
 from bisr_deploy.model import BiSRConv
 
+from .conftest import SIM_PTH
+
+pytestmark = pytest.mark.needs_tvm
 tvm = pytest.importorskip("tvm")
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SIM_PTH = SHARED / "data" / "bisci-official" / "simulation" / "bisrnet.pth"
 TARGET = resolve_target("x86", "native")
-
-
-def reference_bisrconv(x, k, b, signs, scale, bias_in, slope, bias_out, pads, group):
-    """docs/custom-ops.md in numpy: x [N,C,H,W] float32, signs ±1 [C,Cg,KH,KW]; float32 steps in order."""
-    n, c, h, w = x.shape
-    cg = c // group
-    kh, kw = signs.shape[2:]
-    a = np.where(k[None, :, None, None] * x + b[None, :, None, None] > 0, 1, -1).astype(np.int64)
-    top, left, bottom, right = pads
-    ap = np.pad(a, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    acc = np.zeros((n, c, h, w), np.int64)
-    for o in range(c):
-        g = o // cg
-        for i in range(cg):
-            for u in range(kh):
-                for v in range(kw):
-                    acc[:, o] += ap[:, g * cg + i, u:u + h, v:v + w] * int(signs[o, i, u, v])
-    per = lambda p: p[None, :, None, None]  # noqa: E731
-    t = per(scale) * acc.astype(np.float32) + per(bias_in)
-    r = np.where(t > 0, t, per(slope) * t) + per(bias_out)
-    return x + r
 
 
 def run_kernel(spec, inputs: dict, x: np.ndarray, target=TARGET, library: Path | None = None) -> np.ndarray:
@@ -90,8 +71,7 @@ def test_bisrconv_kernel_bit_exact(c, h, w, ks, group):
     p = (ks - 1) // 2
     spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p, p, p, p), group)
     got = run_kernel(spec, inputs, x)
-    want = reference_bisrconv(x, inputs["redist_scale"], inputs["redist_bias"], signs, inputs["weight_scale"],
-                              inputs["rprelu_bias_in"], inputs["rprelu_slope"], inputs["rprelu_bias_out"], (p,) * 4, group)
+    want = bisrconv_op.reference(x, inputs, (ks, ks), (p,) * 4, group)
     np.testing.assert_array_equal(got, want)
 
 
@@ -112,11 +92,9 @@ def test_fused_kernels_bit_exact(c, h, w, ks, group):
             rng.standard_normal(2 * c).astype(np.float32)]
     node = lambda inputs: type("Node", (), {"spec": spec, "inputs": inputs})  # noqa: E731
     params = [*kernel_params(node(i1)).values(), *kernel_params(node(i2)).values()]
-    layer = lambda x, i, signs: reference_bisrconv(  # noqa: E731
-        x, i["redist_scale"], i["redist_bias"], signs, i["weight_scale"], i["rprelu_bias_in"], i["rprelu_slope"],
-        i["rprelu_bias_out"], (p,) * 4, group).astype(np.float32)
+    layer = lambda x, i, _signs: bisrconv_op.reference(x, i, (ks, ks), (p,) * 4, group).astype(np.float32)  # noqa: E731
     for fusion in FUSIONS:
-        args = params[:len(PARAM_NAMES) * fusion.layers]
+        args = params[:len(BISRCONV_PARAMS) * fusion.layers]
         if fusion.combine == "single":
             xs, want = [x1], layer(x1, i1, s1)
         elif fusion.combine == "concat":
@@ -165,7 +143,7 @@ def test_bisrconv_kernel_matches_pytorch_module(c, ks, group):
     with torch.no_grad():
         for param in module.parameters():
             param.copy_(torch.randn_like(param) * 0.5)
-    inputs = {name: numpy_helper.to_array(t) for name, t in zip(INPUTS[1:], bisr_conv_initializers(module, "m"))}
+    inputs = {name: numpy_helper.to_array(t) for name, t in zip(bisrconv_op.WEIGHT_INPUTS, bisr_conv_initializers(module, "m"))}
     x = torch.randn(1, c, 16, 16)
     with torch.no_grad():
         want = module(x).numpy()
@@ -183,10 +161,10 @@ def _disassemble(path: Path) -> str:
                           text=True).stdout
 
 
-@pytest.mark.skipif(shutil.which("objdump") is None, reason="binutils objdump not installed")
+@pytest.mark.needs_tool("objdump")
 @pytest.mark.parametrize("cpu,popcount", [("znver4", r"vpopcntd\s+%zmm"), ("skylake-avx512", None), ("haswell", None)])
 def test_cpu_choice_picks_instruction_set(cpu, popcount, tmp_path):
-    from bisr_deploy.compile.targets import host_cpu_flags
+    from bisr_deploy.hostcpu import host_cpu_flags
 
     target = resolve_target("x86", cpu)
     missing = set(target.required_features) - host_cpu_flags()
@@ -201,8 +179,7 @@ def test_cpu_choice_picks_instruction_set(cpu, popcount, tmp_path):
                     target=target.tvm_target).export_library(str(library))
     else:
         got = run_kernel(spec, inputs, x, target, library)
-        want = reference_bisrconv(x, inputs["redist_scale"], inputs["redist_bias"], signs, inputs["weight_scale"],
-                                  inputs["rprelu_bias_in"], inputs["rprelu_slope"], inputs["rprelu_bias_out"], (1,) * 4, 1)
+        want = bisrconv_op.reference(x, inputs, (3, 3), (1,) * 4, 1)
         np.testing.assert_array_equal(got, want)
     asm = _disassemble(library)
     if popcount:
@@ -248,15 +225,15 @@ def test_float_conv_kernel_matches_torch():
         np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
 
 
-def _one_node_model(c=28, h=8, w=16, op_type="BiSRConv", domain="ai.bisr") -> onnx.ModelProto:
+def _one_node_model(c=28, h=8, w=16, op_type=bisrconv_op.OP_TYPE) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     _, inputs, _ = random_case(rng, c, h, w, 3, 1)
     inits = [numpy_helper.from_array(v, f"n.{k}") for k, v in inputs.items()]
-    node = helper.make_node(op_type, ["X"] + [f"n.{k}" for k in INPUTS[1:]], ["Y"], name="n", domain=domain,
-                            kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=1)
+    node = helper.make_node(op_type, ["X"] + [f"n.{k}" for k in bisrconv_op.WEIGHT_INPUTS], ["Y"], name="n",
+                            domain=bisrconv_op.DOMAIN, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=1)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, c, h, w])],
                               [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [1, c, h, w])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ai.bisr", 1)])
+    return helper.make_model(graph, opset_imports=bisrconv_op.opset_imports())
 
 
 def test_split_custom_ops_hand_built_model():
@@ -279,16 +256,13 @@ def test_hand_built_model_compiles_and_matches_reference():
     params = [tvm.runtime.tensor(p) for p in kernel_params(nodes[0]).values()]
     got = vm["main"](tvm.runtime.tensor(x), *params).numpy()
     inp = nodes[0].inputs
-    signs = np.where(np.unpackbits(inp["weight_bits"], axis=1, bitorder="little")[:, :252].reshape(28, 28, 3, 3), 1, -1)
-    want = reference_bisrconv(x, inp["redist_scale"], inp["redist_bias"], signs, inp["weight_scale"],
-                              inp["rprelu_bias_in"], inp["rprelu_slope"], inp["rprelu_bias_out"], (1,) * 4, 1)
+    want = bisrconv_op.reference(x, inp, (3, 3), (1,) * 4, 1)
     np.testing.assert_array_equal(got, want)
 
 
 @pytest.fixture(scope="module")
 def artifact64(tmp_path_factory):
-    if not SIM_PTH.is_file():
-        pytest.skip("reference checkpoint not available")
+    """The simulation checkpoint compiled for this machine at 64 x 64 (tests using it are marked needs_data)."""
     from bisr_deploy.compile.build import build_artifact
     from bisr_deploy.export import export_onnx
 
@@ -320,10 +294,9 @@ def test_compiled_network_matches_onnxruntime(artifact64):
     assert np.median(diff) < 1e-6 and np.mean(diff > 1e-4) < 0.01 and diff.max() < 0.05
 
 
-@pytest.mark.skipif(shutil.which("objdump") is None, reason="binutils objdump not installed")
+@pytest.mark.needs_tool("objdump")
+@pytest.mark.needs_cpu("avx512_vpopcntdq")
 def test_library_uses_vector_popcount_in_binary_kernels(artifact64):
-    if not TARGET.has_vector_popcount:
-        pytest.skip("this CPU has no AVX-512 VPOPCNTDQ")
     out, _ = artifact64
     asm = _disassemble(out / "model.so")
     functions = re.split(r"\n(?=[0-9a-f]+ <)", asm)

@@ -8,10 +8,11 @@ import scipy.io
 import torch
 
 from bisr_deploy.cassi import simulate_snapshot
+from bisr_deploy.checkpoint import SHIPPED_DIR
 from bisr_deploy.errors import BisrError
 from bisr_deploy.frontend import SnapshotFrontend
-from bisr_deploy.train.config import DataConfig
-from bisr_deploy.train.datasets import (
+from bisr_deploy.data.config import DataConfig
+from bisr_deploy.data.datasets import (
     SHOT_BITS,
     SHOT_QE,
     SampleMaker,
@@ -23,10 +24,10 @@ from bisr_deploy.train.datasets import (
     load_mask,
     shot_noise,
 )
-from bisr_deploy.train.spectra import CASSI_WAVELENGTHS, CAVE_WAVELENGTHS, resample_matrix, to_cassi_bands
-from bisr_deploy.train.synthetic import generated_mask, reflectance_library, synthetic_scene
+from bisr_deploy.data.spectra import CASSI_WAVELENGTHS, CAVE_WAVELENGTHS, resample_matrix, to_cassi_bands
+from bisr_deploy.data.synthetic import generated_mask, reflectance_library, synthetic_scene
 
-from .conftest import REPO, SHARED, STANDARD_MASK
+from .conftest import CAVE_SCENES, STANDARD_MASK
 
 
 def _cave_like(h=20, w=24, seed=0) -> np.ndarray:
@@ -105,7 +106,7 @@ def test_bad_data_folders(tmp_path):
 
 
 def test_real_cave_scenes_load_with_their_keys():
-    folder = SHARED / "hsi-scenes" / "cave"
+    folder = CAVE_SCENES
     cubes = dict(load_folder(folder, DataConfig(keys=["NRD", "Omsi", "msi"]), 64))
     assert len(cubes) == 8
     cloth = cubes["cloth_ms_256.mat"]
@@ -203,6 +204,6 @@ def test_shot_noise_statistics():
 
 
 def test_shipped_generated_mask_file_is_the_generated_mask():
-    shipped = np.load(REPO / "models" / "mask-generated-256.npy")
+    shipped = np.load(SHIPPED_DIR / "mask-generated-256.npy")
     assert shipped.dtype == np.uint8
     np.testing.assert_array_equal(shipped.astype(np.float32), generated_mask(256, 256, 0))

@@ -12,7 +12,7 @@ from bisr_deploy.bitpack import pack_sign_bits, packed_row_bytes, unpack_sign_bi
 from bisr_deploy.cli import main
 from bisr_deploy.errors import BisrError
 from bisr_deploy.export import export_onnx, save_onnx, strip_custom_ops
-from bisr_deploy.export.bisr_op import DOMAIN, OP_TYPE
+from bisr_deploy.bisrconv_op import DOMAIN, OP_TYPE
 from bisr_deploy.export.clean import inference_problems
 from bisr_deploy.export.parity import layer_parity, ort_session, run_onnx, scene_parity, single_op_model
 from bisr_deploy.model import with_negative_sign
@@ -22,9 +22,11 @@ from bisr_deploy.metrics import psnr
 from bisr_deploy.model import BiSRConv
 from bisr_deploy.reconstruct import reconstruct
 
-from .conftest import REAL_SCENES, SHARED, SIM_PTH, STANDARD_MASK
+from .conftest import CAVE_SCENES, REAL_SCENES, SIM_PTH, STANDARD_MASK
 
-CAVE_CLOTH = SHARED / "hsi-scenes" / "cave" / "cloth_ms_256.mat"
+pytestmark = pytest.mark.needs_data
+
+CAVE_CLOTH = CAVE_SCENES / "cloth_ms_256.mat"
 
 N_BINARY_WEIGHTS = 611_072
 
@@ -219,7 +221,7 @@ def test_end_to_end_psnr_kaist(sim_checkpoint, kaist):
 
 def test_end_to_end_standard_mask_scene(sim_checkpoint):
     """A second scene: a 64 x 64 crop of a CAVE scene (resampled to the 28 bands) under the standard mask."""
-    from bisr_deploy.train.spectra import CAVE_WAVELENGTHS, to_cassi_bands
+    from bisr_deploy.data.spectra import CAVE_WAVELENGTHS, to_cassi_bands
 
     raw = load_array(CAVE_CLOTH, "NRD")[96:160, 96:160].astype(np.float64) / 65535.0
     cube = np.clip(to_cassi_bands(np.ascontiguousarray(raw.transpose(2, 0, 1)), CAVE_WAVELENGTHS), 0, 1)
@@ -267,12 +269,7 @@ def test_cli_export(tmp_path):
     assert list(tmp_path.iterdir()) == [out]
 
 
-def test_cli_default_checkpoint_is_the_shipped_one(sim_checkpoint, tmp_path, monkeypatch):
-    from bisr_deploy.checkpoint import save_checkpoint
-
-    shipped = tmp_path / "shipped.safetensors"
-    save_checkpoint(sim_checkpoint, shipped)
-    monkeypatch.setattr("bisr_deploy.checkpoint.SHIPPED_CHECKPOINT", shipped)
+def test_cli_default_checkpoint_is_the_authors_simulation_model(tmp_path):
     out = tmp_path / "default.onnx"
     result = _invoke("--output", out, "--height", 64, "--width", 64)
     assert result.exit_code == 0, result.output

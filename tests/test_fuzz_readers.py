@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from bisr_deploy.artifact import is_artifact, read_manifest
 from bisr_deploy.checkpoint import load_checkpoint
 from bisr_deploy.errors import BisrError
 from bisr_deploy.fileio import MAX_ARRAY_ENV, load_array
-from bisr_deploy.runtime import is_artifact, read_manifest
 from bisr_deploy.train.config import load_config
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)

@@ -6,13 +6,12 @@ The disassembly tests need aarch64-linux-gnu-objdump (and objdump for x86); CI i
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from bisr_deploy import instruction_mix as im
+from bisr_deploy.analysis import instruction_mix as im
 from bisr_deploy.compile.bitserial import BiSRConvSpec
 from bisr_deploy.compile.targets import resolve_target
 from bisr_deploy.errors import BisrError
@@ -23,9 +22,8 @@ DENSE_1X1_28 = BiSRConvSpec(1, 28, 8, 8, (1, 1), (0, 0, 0, 0), 1)
 DENSE_3X3_56 = BiSRConvSpec(1, 56, 8, 8, (3, 3), (1, 1, 1, 1), 1)
 GROUPED_3X3_112 = BiSRConvSpec(1, 112, 8, 8, (3, 3), (1, 1, 1, 1), 28)  # 4 channels per group
 
-needs_arm_objdump = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None,
-                                       reason="no aarch64-linux-gnu-objdump (.ci/setup-arm.sh installs it)")
-needs_objdump = pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump (binutils)")
+needs_arm_objdump = pytest.mark.needs_tool("aarch64-linux-gnu-objdump")
+needs_objdump = pytest.mark.needs_tool("objdump")
 
 
 def test_tir_popcounts_per_output_equal_the_hand_count():
@@ -142,15 +140,19 @@ def test_tool_matches_artifact_layers_to_kernels(tmp_path):
     build; here the 'artifact' holds the standalone object itself under its manifest function name."""
     import json
 
+    from bisr_deploy.artifact import LayerRecord, Manifest, TargetRecord, TensorRecord
+
     arm = resolve_target("arm")
     shape = im.KernelShape(GROUPED_3X3_112, 1, ((8, 8),))
     artifact, standalone = tmp_path / "artifact", tmp_path / "standalone"
     artifact.mkdir()
     standalone.mkdir()
     im.compile_object(GROUPED_3X3_112, arm.tvm_target, arm.lanes, artifact / "kernel.o").rename(artifact / "model.so")
-    layer = {"kind": "bisrconv", "function": im.KERNEL_SYMBOL, "shape": [1, 112, 8, 8], "kernel": [3, 3], "group": 28}
-    target = {"arch": "arm", "cpu": "generic", "triple": "aarch64-linux-gnu"}
-    (artifact / "manifest.json").write_text(json.dumps({"target": target, "layers": [layer]}))
+    layer = LayerRecord("n", "bisrconv", im.KERNEL_SYMBOL, [1, 112, 8, 8], kernel=[3, 3], pads=[1, 1, 1, 1], group=28)
+    target = TargetRecord("arm", "generic", "aarch64-linux-gnu", arm.tvm_target, ["asimd"])
+    manifest = Manifest("real", [TensorRecord("measurement", [1, 8, 62])], TensorRecord("cube", [1, 28, 8, 8]), target,
+                        {}, {}, [], [layer])
+    (artifact / "manifest.json").write_text(json.dumps(manifest.to_json()))
     row = {"kernel": shape.name, "builds": {"arm": im.analyse_kernel(GROUPED_3X3_112, arm, standalone)}}
     found = _tool().artifact_mix(artifact, [shape], [row])
     function, mix, same = found["kernels"][shape.name]
@@ -160,5 +162,5 @@ def test_tool_matches_artifact_layers_to_kernels(tmp_path):
     other = im.KernelShape(DENSE_1X1_28, 1, ((8, 8),))
     with pytest.raises(BisrError, match="no BiSR-Conv layer of shape 1x1 28ch at 8x8"):
         _tool().artifact_mix(artifact, [other], [row])
-    with pytest.raises(BisrError, match="not a readable bisr-deploy artifact"):
+    with pytest.raises(BisrError, match="missing: not a directory"):
         _tool().artifact_mix(tmp_path / "missing", [shape], [row])

@@ -26,6 +26,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from bisr_deploy import artifact as artifact_format
 from bisr_deploy import runtime
 from bisr_deploy.checkpoint import load_checkpoint, save_checkpoint
 from bisr_deploy.cli import main
@@ -74,7 +75,7 @@ def artifact(x86_artifact, tmp_path):
 
 
 def _rewrite_manifest(directory: Path, edit) -> None:
-    path = directory / runtime.MANIFEST
+    path = directory / artifact_format.MANIFEST
     manifest = json.loads(path.read_text())
     edit(manifest)
     path.write_text(json.dumps(manifest))
@@ -100,17 +101,17 @@ def test_compile_refuses_a_users_directory_with_a_manifest_json(tmp_path):
 
 
 def test_an_artifact_with_extra_files_is_not_replaceable(artifact, tmp_path):
-    assert runtime.is_artifact(artifact)
+    assert artifact_format.is_artifact(artifact)
     (artifact / "my-results.csv").write_text("1,2")
-    assert not runtime.is_artifact(artifact)
+    assert not artifact_format.is_artifact(artifact)
     code, _, err = cli("compile", "--checkpoint", SIM_PTH, "--height", 64, "--width", 64, "--output", artifact)
     assert_one_error_line(code, err, "not a bisr-deploy artifact holding only its own files")
     with pytest.raises(BisrError, match="not a bisr-deploy artifact holding only its own files"):
-        with atomic_directory(artifact, runtime.is_artifact) as tmp:
+        with atomic_directory(artifact, artifact_format.is_artifact) as tmp:
             (tmp / "new").write_text("x")
     assert (artifact / "my-results.csv").read_text() == "1,2"
     (artifact / "my-results.csv").unlink()
-    with atomic_directory(artifact, runtime.is_artifact) as tmp:  # a real artifact is replaced whole
+    with atomic_directory(artifact, artifact_format.is_artifact) as tmp:  # a real artifact is replaced whole
         (tmp / "new").write_text("x")
     assert [p.name for p in artifact.iterdir()] == ["new"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -157,8 +158,8 @@ def test_a_library_swapped_after_the_hash_is_never_loaded(artifact, inputs64, mo
 
     def check_then_swap(directory, manifest, private):
         checked(directory, manifest, private)
-        (Path(directory) / runtime.LIBRARY).write_bytes(b"\x7fELF swapped in after the check")
-        (Path(directory) / runtime.PARAMS).write_bytes(b"swapped")
+        (Path(directory) / artifact_format.LIBRARY).write_bytes(b"\x7fELF swapped in after the check")
+        (Path(directory) / artifact_format.PARAMS).write_bytes(b"swapped")
 
     import tvm
 
@@ -297,15 +298,15 @@ def test_manifest_shapes_and_params_are_checked(artifact, inputs64, tmp_path):
         code, _, err = cli("run", broken, "--measurement", inputs64[0], "--mask", inputs64[1], "--output", tmp_path / "c.npy")
         assert_one_error_line(code, err, "malformed manifest")
     # A params.npz with one array fewer, and a manifest made consistent with it: refused, never a crash.
-    with np.load(artifact / runtime.PARAMS) as npz:
+    with np.load(artifact / artifact_format.PARAMS) as npz:
         arrays = {k: npz[k] for k in npz.files}
     arrays.pop(sorted(arrays)[-1])
-    np.savez(artifact / runtime.PARAMS, **arrays)
+    np.savez(artifact / artifact_format.PARAMS, **arrays)
 
     def fewer(m):
         m["params"] = m["params"][:-1]
-        m["files"][runtime.PARAMS] = {"bytes": (artifact / runtime.PARAMS).stat().st_size,
-                                      "sha256": hashlib.sha256((artifact / runtime.PARAMS).read_bytes()).hexdigest()}
+        m["files"][artifact_format.PARAMS] = {"bytes": (artifact / artifact_format.PARAMS).stat().st_size,
+                                             "sha256": hashlib.sha256((artifact / artifact_format.PARAMS).read_bytes()).hexdigest()}
 
     _rewrite_manifest(artifact, fewer)
     code, _, err = cli("run", artifact, "--measurement", inputs64[0], "--mask", inputs64[1], "--output", tmp_path / "c.npy")

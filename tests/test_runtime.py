@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +12,15 @@ from click.testing import CliRunner
 from bisr_deploy.cli import main
 from bisr_deploy.errors import BisrError
 
-pytest.importorskip("tvm")
+from .conftest import KAIST_NPZ as KAIST
+from .conftest import SIM_PTH
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SIM_PTH = SHARED / "data" / "bisci-official" / "simulation" / "bisrnet.pth"
-KAIST = SHARED / "data" / "hsi-scenes" / "kaist" / "kaist_crop128.npz"
+pytestmark = [pytest.mark.needs_tvm, pytest.mark.needs_data]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A 64 x 64 simulation-mode artifact compiled by the CLI from the authors' checkpoint."""
-    if not SIM_PTH.is_file():
-        pytest.skip("reference checkpoint not available")
     out = tmp_path_factory.mktemp("rt") / "art"
     result = CliRunner().invoke(main, ["compile", "--checkpoint", str(SIM_PTH), "--height", "64", "--width", "64",
                                        "--target", "x86", "--cpu", "native", "--output", str(out)])
@@ -76,8 +72,6 @@ def test_reconstruction_quality_close_to_pytorch(built):
     from bisr_deploy.reconstruct import reconstruct
     from bisr_deploy.runtime import load
 
-    if not KAIST.is_file():
-        pytest.skip("KAIST crop not available")
     cube, mask, snapshot = scene64()
     compiled = load(built)(snapshot, mask)
     torch_cube = reconstruct(load_checkpoint(str(SIM_PTH)).build_model(), snapshot, mask)
@@ -146,8 +140,6 @@ def test_refuses_wrong_input_shapes(built):
 
 
 def test_run_command_and_errors(built, tmp_path):
-    if not KAIST.is_file():
-        pytest.skip("KAIST crop not available")
     from bisr_deploy.runtime import load
 
     _, mask, snapshot = scene64()
@@ -219,8 +211,6 @@ def test_compile_real_mode_onnx_file(tmp_path):
     from bisr_deploy.export import export_onnx, save_onnx
     from bisr_deploy.runtime import load
 
-    if not SIM_PTH.is_file():
-        pytest.skip("reference checkpoint not available")
     model = export_onnx(str(SIM_PTH), 32, 32, mode="real")
     onnx_path = tmp_path / "real32.onnx"
     save_onnx(model, onnx_path)
@@ -244,7 +234,7 @@ def test_compile_real_mode_onnx_file(tmp_path):
     # Compiling again over an existing artifact replaces it whole; no temporary directories stay behind.
     again = runner.invoke(main, ["compile", str(onnx_path), "--cpu", "haswell", "--output", str(tmp_path / "a")])
     assert again.exit_code == 0, again.output
-    assert load(tmp_path / "a").manifest["target"]["cpu"] == "haswell"
+    assert load(tmp_path / "a").manifest.target.cpu == "haswell"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "real32.onnx"]
 
 
@@ -263,7 +253,7 @@ def test_run_single_bisrconv_layer(built):
     rng = np.random.default_rng(9)
     for name in (names[0], "body.0.encoder_layers.0.0.blocks.0.fn.net.3"):  # 3x3 28 ch; grouped 3x3 112 ch
         module = modules[name]
-        shape = next(entry["shape"] for entry in compiled.manifest["layers"] if entry["name"] == name)
+        shape = compiled.manifest.layer(name).shape
         x = rng.standard_normal(shape).astype(np.float32)
         with torch.no_grad():
             want = module(torch.from_numpy(x)).numpy()

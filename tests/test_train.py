@@ -228,14 +228,14 @@ def test_evaluate_command_reproduces_the_authors_kaist_score(tmp_path):
 
 
 def test_shipped_checkpoint_is_this_trainers_output(kaist, kaist_snapshot):
-    """The default checkpoint was made by models/train-shipped.toml and keeps its KAIST score (MODEL_CARD.md)."""
+    """trained-sim was made by configs/train-shipped.toml and keeps its KAIST score (bisr_deploy/shipped/MODEL_CARD.md)."""
     from bisr_deploy.metrics import psnr
     from bisr_deploy.reconstruct import reconstruct
 
-    ckpt = load_checkpoint(None)
+    ckpt = load_checkpoint("trained-sim")
     assert ckpt.config.mode == "sim" and ckpt.provenance["source"].startswith("bisr-deploy")
     recorded = ckpt.training["config"]
-    expected = load_config(REPO / "models" / "train-shipped.toml", ['train.output_dir="/tmp/shipped-run"']).to_dict()
+    expected = load_config(REPO / "configs" / "train-shipped.toml", ['train.output_dir="/tmp/shipped-run"']).to_dict()
     assert recorded == expected
     assert ckpt.training["global_step"] == ckpt.training["total_steps"] == 640
     cube, mask = kaist

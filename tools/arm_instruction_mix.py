@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Instruction mix of BiSRNet's bitserial BiSR-Conv kernels on ARM (NEON) and x86: popcounts per output
-from the lowered TIR, static instruction counts from the disassembly (``bisr_deploy/instruction_mix.py``).
+from the lowered TIR, static instruction counts from the disassembly (``bisr_deploy/analysis/instruction_mix.py``).
 
 Every distinct BiSR-Conv kernel of ``BiSRNet()`` at --height x --width (``model_kernel_shapes``) is scheduled
 and compiled for aarch64 (``--target arm``: 4 uint32 lanes) and for each --x86-cpu, without linking; nothing
@@ -25,10 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bisr_deploy import instruction_mix as im  # noqa: E402
-from bisr_deploy.compile.targets import cpu_model_name  # noqa: E402
+from bisr_deploy.analysis import instruction_mix as im  # noqa: E402
+from bisr_deploy.artifact import read_manifest  # noqa: E402
 from bisr_deploy.errors import BisrError  # noqa: E402
 from bisr_deploy.fileio import atomic_output  # noqa: E402
+from bisr_deploy.hostcpu import cpu_model_name  # noqa: E402
 
 DEFAULT_X86 = ("znver4", "haswell")
 
@@ -41,27 +42,23 @@ def artifact_mix(artifact: Path, shapes, rows) -> dict:
     """{"triple", "kernels": {kernel name: (layer function, mix, same)}} from an artifact's model.so, one
     manifest layer per shape; ``same``: whether the mix equals the standalone build's in ``rows`` (None when
     the artifact's cpu was not analysed)."""
-    manifest_path = artifact / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        arch, cpu, triple = (manifest["target"][k] for k in ("arch", "cpu", "triple"))
-        layers = [layer for layer in manifest["layers"] if layer["kind"] == "bisrconv"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BisrError(f"{artifact} is not a readable bisr-deploy artifact ({manifest_path}: {exc})") from exc
+    manifest = read_manifest(artifact)
+    arch, cpu, triple = manifest.target.arch, manifest.target.cpu, manifest.target.triple
+    layers = manifest.bisrconv_layers()
     functions = im.disassemble(artifact / "model.so", im.objdump_for(arch))
     label = "arm" if arch == "arm" else f"x86 {cpu}"
     row_by_name = {row["kernel"]: row for row in rows}
     out = {}
     for shape in shapes:
         s = shape.spec
-        layer = next((layer for layer in layers if layer["shape"] == [s.batch, s.channels, s.height, s.width]
-                      and layer["kernel"] == list(s.kernel) and layer["group"] == s.group), None)
+        layer = next((layer for layer in layers if layer.shape == [s.batch, s.channels, s.height, s.width]
+                      and layer.kernel == list(s.kernel) and layer.group == s.group), None)
         if layer is None:
             raise BisrError(f"{artifact}: no BiSR-Conv layer of shape {shape.name} at {s.height}x{s.width} "
                             "(compile it at the same --height/--width)")
-        mix = im.instruction_mix(im.kernel_body(functions, layer["function"]), im.classes_for(arch))
+        mix = im.instruction_mix(im.kernel_body(functions, layer.function), im.classes_for(arch))
         standalone = row_by_name[shape.name]["builds"].get(label)
-        out[shape.name] = (layer["function"], mix, None if standalone is None else mix == standalone["mix"])
+        out[shape.name] = (layer.function, mix, None if standalone is None else mix == standalone["mix"])
     return {"triple": triple, "kernels": out}
 
 

@@ -75,8 +75,7 @@ def ort_conv_ms(spec, repeat: int, rng) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" /
-                                                    "bisci-official" / "simulation" / "bisrnet.pth"))
+    parser.add_argument("--checkpoint", default="authors-sim", help="checkpoint name or path (default authors-sim)")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--cpu", default="native")
@@ -84,7 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="Also write the rows as JSON here.")
     args = parser.parse_args(argv)
 
-    from bisr_deploy.compile.onnx_import import split_custom_ops
+    from bisr_deploy.compile.split import split_custom_ops
     from bisr_deploy.compile.targets import resolve_target
     from bisr_deploy.export import export_onnx
     from bisr_deploy.runtime import set_num_threads

@@ -1,8 +1,8 @@
-"""Export the authors' and the shipped checkpoints and measure the exported files against PyTorch; print tables.
+"""Export the authors' and the project's trained-sim checkpoints and measure the exported files against PyTorch; print tables.
 
     python tools/export_parity.py [--sizes 128,256] [--skip-plain] [--layers] [--out-dir DIR]
 
-For each checkpoint (the authors' simulation and real ones, the shipped one) and size:
+For each checkpoint (the authors' simulation and real ones, the project's trained-sim) and size:
 - sizes: the exported file (bit-packed ai.bisr ops) next to a plain fp32 ``torch.onnx.export`` of the same
   snapshot-to-cube model (TorchScript exporter, opset 18);
 - ``onnx.checker.check_model(full_check=True)``, and TVM's Relax ONNX importer on the graph minus the ai.bisr ops;
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bisr_deploy.cassi import simulate_snapshot  # noqa: E402
-from bisr_deploy.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
+from bisr_deploy.checkpoint import load_checkpoint  # noqa: E402
 from bisr_deploy.errors import BisrError  # noqa: E402
 from bisr_deploy.export import export_onnx, save_onnx, strip_custom_ops  # noqa: E402
 from bisr_deploy.export.parity import layer_parity, ort_session, run_onnx, scene_parity  # noqa: E402
@@ -46,7 +46,7 @@ from bisr_deploy.reconstruct import reconstruct  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 CHECKPOINTS = {"simulation": SHARED / "bisci-official/simulation/bisrnet.pth",
                "real": SHARED / "bisci-official/real/bisrnet.pth",
-               "shipped": SHIPPED_CHECKPOINT}
+               "trained-sim": "trained-sim"}
 KAIST = SHARED / "hsi-scenes/kaist/kaist_crop128.npz"
 STANDARD_MASK = SHARED / "tsa-cassi/mask_simulation_256.mat"
 CAVE_256 = ["chart_and_stuffed_toy_ms_256.mat", "cloth_ms_256.mat", "real_and_fake_apples_ms_256.mat"]
@@ -85,8 +85,8 @@ def tvm_import(exported: onnx.ModelProto) -> str:
 
 def sim_scenes(size: int):
     """(name, cube [28, size, size], mask [size, size]) with ground truth."""
-    from bisr_deploy.train.spectra import CAVE_WAVELENGTHS, to_cassi_bands
-    from bisr_deploy.train.synthetic import synthetic_scene
+    from bisr_deploy.data.spectra import CAVE_WAVELENGTHS, to_cassi_bands
+    from bisr_deploy.data.synthetic import synthetic_scene
 
     mask = load_array(STANDARD_MASK, "mask").astype(np.float32)[:size, :size]
     if size == 128:

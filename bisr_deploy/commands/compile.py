@@ -7,8 +7,9 @@ import os
 import click
 
 from ..fileio import file_sha256
-from ..compile.targets import ARM_ARCHES, ARM_CPUS, X86_CPUS
+from ..compile.targets import ALL_CPUS, TARGETS
 from ..errors import BisrError
+from . import checkpoint_option
 
 
 def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
@@ -29,21 +30,20 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
             if value is not None and recorded is not None and int(recorded) != value:
                 raise BisrError(f"--{name} {value} does not match the model's static {name} {recorded}")
         return model, {"file": os.path.basename(model_path), "sha256": file_sha256(model_path)}
-    from ..checkpoint import SHIPPED_CHECKPOINT
+    from ..checkpoint import resolve_checkpoint
     from ..export import export_onnx
 
     model = export_onnx(checkpoint_path, height or 256, width or 256, mode)
-    path = checkpoint_path or SHIPPED_CHECKPOINT
+    path = resolve_checkpoint(checkpoint_path)
     return model, {"checkpoint": os.path.basename(str(path)), "checkpoint_sha256": file_sha256(path)}
 
 
 @click.command("compile")
 @click.argument("model_path", required=False, type=click.Path(dir_okay=False))
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
-              help="Compile a checkpoint (exported on the fly) instead of an ONNX file; default: the shipped one.")
-@click.option("--target", "arch", type=click.Choice(["x86", *ARM_ARCHES]), default="x86", show_default=True,
+@checkpoint_option("Compile this checkpoint (exported on the fly) when no MODEL.onnx is given")
+@click.option("--target", "arch", type=click.Choice(list(TARGETS)), default="x86", show_default=True,
               help="x86, arm (aarch64 Linux, NEON) or android-arm64 (needs the NDK); ARM: docs/arm.md.")
-@click.option("--cpu", type=click.Choice(list(dict.fromkeys(X86_CPUS + ARM_CPUS))), default="native", show_default=True,
+@click.option("--cpu", type=click.Choice(list(ALL_CPUS)), default="native", show_default=True,
               help="Instruction set: znver4 (AVX-512 + VPOPCNTDQ), skylake-avx512, haswell (AVX2), native; "
                    "ARM: generic (= native).")
 @click.option("--ndk", type=click.Path(file_okay=False), default=None,
@@ -54,14 +54,15 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
 def compile_command(model_path, checkpoint_path, arch, cpu, ndk, height, width, mode, output):
     """Compile BiSRNet to a native artifact (shared library + parameters + manifest)."""
-    from ..compile.build import build_artifact, check_artifact_output
+    from ..artifact import check_output_dir
+    from ..compile.build import build_artifact
     from ..compile.targets import resolve_target
 
-    check_artifact_output(output, (model_path, checkpoint_path))
+    check_output_dir(output, (model_path, checkpoint_path))
     target = resolve_target(arch, cpu, ndk=ndk)
     model, source = load_model_for_compile(model_path, checkpoint_path, height, width, mode)
     manifest = build_artifact(model, output, target, source)
-    size = sum(f["bytes"] for f in manifest["files"].values())
-    n_bin = sum(1 for layer in manifest["layers"] if layer["kind"] == "bisrconv")
-    click.echo(f"wrote {output}: {manifest['mode']}-mode, input {manifest['inputs'][0]['shape']}, "
-               f"{n_bin} bitserial BiSRConvs, target {target.triple} cpu {target.tvm_target.get('mcpu', target.cpu)}, {size / 1e6:.2f} MB")
+    n_bin = len(manifest.bisrconv_layers())
+    click.echo(f"wrote {output}: {manifest.mode}-mode, input {manifest.inputs[0].shape}, "
+               f"{n_bin} bitserial BiSRConvs, target {target.triple} cpu {target.tvm_target.get('mcpu', target.cpu)}, "
+               f"{manifest.total_bytes / 1e6:.2f} MB")

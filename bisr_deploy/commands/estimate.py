@@ -53,7 +53,8 @@ def estimate_command(artifact, core, clock_ghz, dram_gbs, threads, float_build, 
     chosen = core_by_name(core)
     if measure and float_build:
         raise BisrError("--measure runs the artifact itself: it cannot be combined with --float-build")
-    from ..runtime import load, read_manifest
+    from ..artifact import read_manifest
+    from ..runtime import load
 
     check_settings(read_manifest(artifact), chosen, clock_ghz, dram_gbs, threads)  # quick refusals first
     if json_path:

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import click
 
+from ..checkpoint import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS
+from ..data.config import DataConfig
+from ..data.datasets import heldout_synthetic, load_cube
+from ..data.synthetic import generated_mask
 from ..errors import BisrError
 from ..fileio import atomic_output, check_output, load_array
-from ..train.config import DataConfig
-from ..train.datasets import heldout_synthetic, load_cube
 from ..train.evaluate import markdown_table, scene_with_mask, score
-from ..train.synthetic import generated_mask
 
 
 @click.command("evaluate")
-@click.option("--checkpoint", "checkpoints", multiple=True, metavar="[LABEL=]PATH",
-              help="Checkpoint to score (repeatable); 'shipped' or no option: the shipped checkpoint.")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="[LABEL=]NAME|PATH",
+              help=f"Checkpoint to score (repeatable): a name ({', '.join(NAMED_CHECKPOINTS)}) or a path, "
+                   f"optionally labelled; no option: {DEFAULT_CHECKPOINT}.")
 @click.option("--scene", "scene_paths", multiple=True, type=click.Path(dir_okay=False),
               help="Ground-truth cube file (H x W x 28/31 or 28/31 x H x W), repeatable.")
 @click.option("--key", "keys", multiple=True, help="Variable name(s) to try inside --scene files.")
@@ -55,12 +57,12 @@ def evaluate_command(checkpoints, scene_paths, keys, synthetic, size, mask_path,
                 fh.write(table + "\n")
 
 
-def _labelled(specs: tuple[str, ...]) -> dict[str, str | None]:
+def _labelled(specs: tuple[str, ...]) -> dict[str, str]:
     out = {}
-    for spec in specs or ("shipped",):
+    specs = specs or (DEFAULT_CHECKPOINT,)
+    for spec in specs:
         label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        path = None if path == "shipped" else path
-        out[label or ("shipped" if path is None else Path(path).name)] = path
-    if len(out) != len(specs or ("shipped",)):
+        out[label or (path if path in NAMED_CHECKPOINTS else Path(path).name)] = path
+    if len(out) != len(specs):
         raise BisrError("two --checkpoint options have the same label; name them LABEL=PATH")
     return out

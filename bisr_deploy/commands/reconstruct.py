@@ -10,11 +10,11 @@ from ..errors import BisrError
 from ..fileio import ARRAY_OUTPUT_SUFFIXES, check_output, load_array, save_array
 from ..metrics import psnr, ssim
 from ..reconstruct import reconstruct
+from . import checkpoint_option
 
 
 @click.command("reconstruct")
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
-              help="Project .safetensors or an authors' .pth; default: the shipped checkpoint.")
+@checkpoint_option("The model")
 @click.option("--measurement", required=True, type=click.Path(dir_okay=False),
               help="Raw 2-D snapshot H x (W+54): .npy, .mat (v5/v7.3) or .h5.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,

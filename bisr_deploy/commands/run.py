@@ -22,7 +22,8 @@ def run_command(artifact, measurement, mask_path, key, mask_key, threads, output
 
     An aarch64 artifact on an x86 machine runs under emulation (docs/arm.md); the output is the same, the speed is not."""
     from .. import emulation
-    from ..runtime import load, read_manifest, set_num_threads
+    from ..artifact import read_manifest
+    from ..runtime import load, set_num_threads
 
     check_output(output, "--output", ARRAY_OUTPUT_SUFFIXES, (measurement, mask_path, *Path(artifact).glob("*")))
     y = load_array(measurement, key)

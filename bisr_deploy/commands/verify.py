@@ -8,29 +8,36 @@ from pathlib import Path
 import click
 
 from .. import verify as v
-from ..checkpoint import load_checkpoint
+from ..artifact import Manifest, read_manifest
+from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from ..errors import BisrError
 from ..fileio import atomic_output, check_output, file_sha256, load_array
+from . import checkpoint_option
 
 
 @click.command("verify")
 @click.argument("artifact", type=click.Path(file_okay=False))
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False), default=None,
-              help="The checkpoint the artifact was compiled from (default: the shipped one).")
+@checkpoint_option("The checkpoint the artifact was compiled from")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help=f"Reference data laid out like the project's ../shared/data: hsi-scenes/ (ground-truth cubes), "
+                   f"tsa-cassi/mask_simulation_256.mat or mask_real_660.mat, and for real-mode artifacts "
+                   f"tsa-cassi/real_measurements/. Default: ${v.DATA_ENV}, else ../shared/data of the current "
+                   f"directory when it exists, else none (held-out synthetic scenes through the generated mask).")
 @click.option("--scenes", "scenes_dir", type=click.Path(file_okay=False), default=None,
-              help=f"Folder of ground-truth cubes (default: {v.DEFAULT_SCENES} when present).")
+              help="Folder of ground-truth cubes (default: hsi-scenes/ of the reference data).")
 @click.option("--real", "real_dir", type=click.Path(file_okay=False), default=None,
-              help=f"Folder of real snapshots without ground truth, real-mode artifacts (default: {v.DEFAULT_REAL}).")
+              help="Folder of real snapshots without ground truth, real-mode artifacts (default: "
+                   "tsa-cassi/real_measurements/ of the reference data).")
 @click.option("--synthetic", default=2, show_default=True, type=click.IntRange(0, 100),
               help="Number of held-out synthetic scenes.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
               help="2-D coded aperture for simulated snapshots (default: the top-left crop of the TSA-Net mask of "
-                   "the artifact's mode from ../shared, else the project's generated mask).")
+                   "the artifact's mode from the reference data, else the project's generated mask).")
 @click.option("--mask-key", default=None, help="Variable name inside --mask.")
 @click.option("--layers/--no-layers", default=True, show_default=True,
               help="Check every BiSR-Conv of the artifact on PyTorch's own layer inputs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report here.")
-def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, mask_path, mask_key, layers, json_path):
+def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, synthetic, mask_path, mask_key, layers, json_path):
     """Check ARTIFACT against PyTorch: per-layer agreement, PSNR/SSIM against PyTorch and ground truth.
 
     Exits with status 1 when a criterion fails (criteria: bisr_deploy/verify.py)."""
@@ -38,25 +45,28 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
 
     if json_path:
         check_output(json_path, "--json", (".json",), (checkpoint_path, mask_path, *Path(artifact).glob("*")))
-    manifest = runtime.read_manifest(artifact)
+    manifest = read_manifest(artifact)
     ckpt = load_checkpoint(checkpoint_path)
-    if ckpt.config.mode != manifest["mode"]:
-        raise BisrError(f"the artifact is a {manifest['mode']}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
+    if ckpt.config.mode != manifest.mode:
+        raise BisrError(f"the artifact is a {manifest.mode}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
     _check_source(manifest, checkpoint_path)
-    _, _, height, width = manifest["output"]["shape"]
-    report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or "shipped default")
+    _, _, height, width = manifest.output.shape
+    report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or DEFAULT_CHECKPOINT)
 
-    mode = manifest["mode"]
-    aperture = load_array(mask_path, mask_key) if mask_path else v.default_mask(mode, height, width)
+    mode = manifest.mode
+    data = v.reference_data(data_dir, mode)
+    if data is None:
+        report.skipped.append(f"reference scenes: no --data, ${v.DATA_ENV} or ../shared/data here")
+    aperture = load_array(mask_path, mask_key) if mask_path else v.default_mask(mode, height, width, data)
     aperture = v.crop_mask(aperture, height, width)
     scenes = [("synthetic", s) for s in v.synthetic_scenes(synthetic, height, width, aperture, mode)]
-    scenes_dir = Path(scenes_dir) if scenes_dir else (v.DEFAULT_SCENES if v.DEFAULT_SCENES.is_dir() else None)
+    scenes_dir = Path(scenes_dir) if scenes_dir else (data.scenes if data else None)
     if scenes_dir is not None:
         if not scenes_dir.is_dir():
             raise BisrError(f"{scenes_dir}: no such scene folder")
-        scenes += [("ground-truth", s) for s in v.ground_truth_scenes(scenes_dir, height, width, aperture, mode, report.skipped)]
+        scenes += [("ground-truth", s) for s in v.ground_truth_scenes(scenes_dir, height, width, aperture, mode)]
     if mode == "real":
-        real_dir = Path(real_dir) if real_dir else (v.DEFAULT_REAL if v.DEFAULT_REAL.is_dir() else None)
+        real_dir = Path(real_dir) if real_dir else (data.real if data else None)
         if real_dir is not None:
             scenes += [("real", s) for s in v.real_snapshots(real_dir, height, width, report.skipped)]
     elif real_dir:
@@ -88,13 +98,13 @@ def verify_command(artifact, checkpoint_path, scenes_dir, real_dir, synthetic, m
     click.echo("PASS: every criterion holds")
 
 
-def _check_source(manifest: dict, checkpoint_path: str | None) -> None:
+def _check_source(manifest: Manifest, checkpoint_path: str | None) -> None:
     """Refuse a checkpoint other than the one the artifact records as its source (when it records one)."""
-    from ..checkpoint import SHIPPED_CHECKPOINT
+    from ..checkpoint import resolve_checkpoint
 
-    source = manifest.get("source", {})
+    source = manifest.source
     recorded = source.get("checkpoint_sha256") or source.get("bisr.source.sha256")
-    if recorded and file_sha256(checkpoint_path or SHIPPED_CHECKPOINT) != recorded:
+    if recorded and file_sha256(resolve_checkpoint(checkpoint_path)) != recorded:
         raise BisrError(f"the artifact was compiled from another checkpoint (sha256 {recorded[:12]}...); "
                         "give that one with --checkpoint")
 
@@ -104,10 +114,10 @@ def _fmt(value, spec):
 
 
 def _print_table(report: v.Report) -> None:
-    click.echo(f"{'scene':<34} {'kind':<13} {'vs PyTorch dB':>13} {'SSIM':>7} {'truth dB art':>13} "
+    click.echo(f"{'scene':<43} {'kind':<13} {'vs PyTorch dB':>13} {'SSIM':>7} {'truth dB art':>13} "
                f"{'truth dB torch':>14} {'gap dB':>7} {'ms':>8}")
     for r in report.scenes:
-        click.echo(f"{r.name[:34]:<34} {r.kind:<13} {_fmt(r.psnr_vs_torch, '13.2f')} {_fmt(r.ssim_vs_torch, '7.4f')} "
+        click.echo(f"{r.name[:43]:<43} {r.kind:<13} {_fmt(r.psnr_vs_torch, '13.2f')} {_fmt(r.ssim_vs_torch, '7.4f')} "
                    f"{_fmt(r.psnr_truth_artifact, '13.3f')} {_fmt(r.psnr_truth_torch, '14.3f')} "
                    f"{_fmt(r.psnr_gap, '+7.3f')} {_fmt(r.latency_ms, '8.1f')}")
     if report.layers:

@@ -1,4 +1,5 @@
-"""The fused ``ai.bisr::BiSRConv`` operator (docs/custom-ops.md) as TVM tensor-expression kernels.
+"""The fused BiSRConv custom operator (``bisr_deploy.bisrconv_op``, docs/custom-ops.md) as TVM tensor-expression
+kernels.
 
 One ``BiSRConvSpec`` (shape, kernel, pads, groups) gives one TIR ``PrimFunc`` in three stages:
 
@@ -31,13 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..artifact import BISRCONV_PARAMS
 from ..bitpack import unpack_sign_bits
 from ..errors import BisrError
+from .schedule import Schedule, vector_lanes
 
 WORD_BITS = 32
-ROW_BAND = 8  # output rows per parallel task of a KxK kernel (its packed input rows stay in cache)
-PARAM_NAMES = ("redist_scale", "redist_bias", "wwords", "wmask", "table",
-               "weight_scale", "rprelu_bias_in", "rprelu_slope", "rprelu_bias_out")
 
 
 @dataclass(frozen=True)
@@ -189,13 +189,13 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
     ``fusion.combine`` fuses BiSRNet's pairs of BiSRConvs (two layers of the same ``spec``, one kernel, the
     pair's packed planes stacked as planes ``l·words + p``):
 
-    * ``single``: one layer, X [N,C,H,W] -> Y [N,C,H,W]; inputs ``["X", *PARAM_NAMES]``.
+    * ``single``: one layer, X [N,C,H,W] -> Y [N,C,H,W]; inputs ``["X", *BISRCONV_PARAMS]``.
     * ``concat`` (FusionUp, Downsample): both layers on the same X [N,C,H,W], Y = Concat(Y1, Y2) [N,2C,H,W].
     * ``mean`` (FusionDown, Upsample): layer l on channels [lC, (l+1)C) of X [N,2C,H,W] (``split_input``:
       on X_l [N,C,H,W], two inputs), Y = (Y1 + Y2) / 2 [N,C,H,W], the float32 Add then Div of the graph;
       ``residual``: Y = that + R.
 
-    Pairs take ``[X (or X_1, X_2), *PARAM_NAMES of layer 1, *PARAM_NAMES of layer 2]``, then ``R`` if
+    Pairs take ``[X (or X_1, X_2), *BISRCONV_PARAMS of layer 1, *BISRCONV_PARAMS of layer 2]``, then ``R`` if
     ``residual``, then ``POST_NAMES`` if ``post`` (float32 [C_out] each): the RPReLU that follows in the
     graph, ``Y = PReLU(Y + bias_in) + bias_out``. The arithmetic is the graph's, float32 op by op.
     """
@@ -227,7 +227,7 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
     wshape = (c, spec.tap_words) if spec.tap_words else (c, nwg, kh, kw)
     shapes = {"wwords": (wshape, u32), "wmask": ((c, nwg), u32), "table": ((c, 4, 4), "int32")}
     layers = [{name: te.placeholder(*shapes.get(name, ((c,), "float32")), name=name if n_layers == 1 else f"{name}_{l}")
-               for name in PARAM_NAMES} for l in range(n_layers)]
+               for name in BISRCONV_PARAMS} for l in range(n_layers)]
     c_out = fusion.output_channels(spec)
     residual = te.placeholder((n_, c, h, w), "float32", name="R") if fusion.residual else None
     posts = {name: te.placeholder((c_out,), "float32", name=name) for name in POST_NAMES} if post else {}
@@ -325,16 +325,10 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
         return out
 
     y_out = te.compute((n_, c_out, h, w), epilogue, name="epilogue")
-    inputs = xs + [layer[name] for layer in layers for name in PARAM_NAMES] + ([residual] if residual is not None else [])
+    inputs = xs + [layer[name] for layer in layers for name in BISRCONV_PARAMS] + ([residual] if residual is not None else [])
     inputs += [posts[name] for name in posts]
     return inputs, y_out
 
-
-def vector_lanes(width: int, lanes: int) -> int:
-    """Largest power-of-two lane count <= ``lanes`` that divides the row width."""
-    while lanes > 1 and width % lanes:
-        lanes //= 2
-    return lanes
 
 
 def _vectorize_row(sch, pack, lanes: int) -> None:
@@ -345,7 +339,8 @@ def _vectorize_row(sch, pack, lanes: int) -> None:
     sch.vectorize(xi)
 
 
-def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion()):
+def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
+                      row_band: int = Schedule.row_band):
     """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
     vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
     reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators."""
@@ -375,10 +370,10 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
     sch.vectorize(cx)
     for loop in reduction:
         sch.unroll(loop)
-    if spec.padded:  # KxK: bands of ROW_BAND output rows; each packs and pads its rows (+ the window's
+    if spec.padded:  # KxK: bands of row_band output rows; each packs and pads its rows (+ the window's
         # neighbours, recomputed by the next band) just before its convolutions, so X's rows are still in
         # cache for the residual
-        outer, row = sch.split(rows, [None, ROW_BAND])
+        outer, row = sch.split(rows, [None, row_band])
     else:
         outer = row = rows
     if spec.tap_words:  # gather each row's windows just before its convolution (they stay in cache)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .bitserial import vector_lanes
+from .schedule import vector_lanes
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ statistics, pooling) keep the innermost spatial loop innermost and vectorised, w
 
 from __future__ import annotations
 
-from .bitserial import vector_lanes
-from .onnx_import import KERNEL_ATTR
+from .schedule import vector_lanes
+from .lowering import KERNEL_ATTR
 
 # Blocks that read each input element several times (bilinear resize): their producers are not inlined.
 GATHERING_BLOCKS = ("resize",)

@@ -1,19 +1,24 @@
-"""Every compile target in one place: name -> TVM target dict, vector width, and the CPU features it needs.
+"""Every compile target as one entry of ``TARGETS``: name -> how to build, schedule, link and run its code.
 
-A ``CompileTarget`` says how to build (``tvm_target``: the dict given to ``tvm.target.Target``), how to
-schedule (``lanes``: 32-bit lanes of one vector register, for the bitserial and the float kernels) and where the result can run (``required_features``: instruction-set extensions, as
-Linux ``/proc/cpuinfo`` spells them, that the generated code may use). ``x86`` CPUs: ``znver4`` (AVX-512 with
-VPOPCNTDQ), ``skylake-avx512`` (AVX-512 without vector popcount), ``haswell`` (AVX2), ``native`` (this machine).
+A ``TargetEntry`` (``x86``, ``arm``, ``android-arm64``) holds the LLVM triple, the CPU names it accepts,
+``resolve`` (cpu -> TVM target dict, the CPU features the code may use, as Linux spells them, and the
+``Schedule``: vector lanes, band height), ``linker`` (the ``fcompile`` of ``export_library``: None = the host
+compiler) and ``emulator`` (the user-mode emulator that runs its code on another host; ``emulation.py``).
+Whether code runs on this machine is ``bisr_deploy.hostcpu.check_runnable`` (the one host check).
+Adding a target means adding one entry (docs/compiler.md shows how).
+
+``x86`` CPUs: ``znver4`` (AVX-512 with VPOPCNTDQ), ``skylake-avx512`` (AVX-512 without vector popcount),
+``haswell`` (AVX2), ``native`` (this machine). ARM: the generic ARMv8-A core with NEON.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..errors import BisrError
-
-X86_CPUS = ("native", "znver4", "skylake-avx512", "haswell")
-X86_TRIPLE = "x86_64-linux-gnu"
+from ..hostcpu import host_cpu_flags
+from .schedule import Schedule
 
 # LLVM feature name -> /proc/cpuinfo flag, for the instruction-set extensions LLVM selects instructions from.
 _LLVM_TO_CPUINFO = {
@@ -30,18 +35,22 @@ _LLVM_TO_CPUINFO = {
 
 @dataclass(frozen=True)
 class CompileTarget:
-    """A resolved target: arch (``x86``), cpu name, TVM target dict, lanes, required CPU flags."""
+    """A resolved target: arch (the ``TARGETS`` name), cpu name, TVM target dict, schedule, required CPU flags."""
 
     arch: str
     cpu: str
     tvm_target: dict
-    lanes: int
+    schedule: Schedule
     required_features: tuple[str, ...] = field(default=())
     ndk: str | None = None  # android-arm64 only: the Android NDK that links the library
 
     @property
     def triple(self) -> str:
         return self.tvm_target["mtriple"]
+
+    @property
+    def lanes(self) -> int:
+        return self.schedule.lanes
 
     @property
     def has_vector_popcount(self) -> bool:
@@ -54,46 +63,11 @@ def _llvm_features(target_dict: dict) -> set[str]:
     return set(codegen.llvm_get_cpu_features(Target(target_dict)))
 
 
-def _cpuinfo_field(name: str) -> str | None:
-    """The value of the first ``name`` line of ``/proc/cpuinfo``; None where there is none."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def host_cpu_flags() -> set[str]:
-    """The instruction-set flags of this machine (``/proc/cpuinfo``); empty where that file does not exist."""
-    if _is_aarch64():
-        return aarch64_cpu_flags()
-    return set((_cpuinfo_field("flags") or "").split())
-
-
-def cpu_model_name() -> str:
-    """This machine's CPU model, as /proc/cpuinfo names it (else what ``platform`` knows), for reports."""
-    import platform
-
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
-
-
-def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None = None,
-                   ndk: str | None = None) -> CompileTarget:
-    """Name -> ``CompileTarget``. Raises ``BisrError`` for an unknown arch or cpu.
-    ``ndk``: the Android NDK for ``android-arm64`` (default ``$ANDROID_NDK_HOME``)."""
-    if arch in ARM_ARCHES:
-        return _resolve_arm(arch, cpu, num_cores, ndk)
-    if arch != "x86":
-        raise BisrError(f"unknown target {arch!r}; supported: x86, {', '.join(ARM_ARCHES)}")
-    if cpu not in X86_CPUS:
-        raise BisrError(f"unknown x86 cpu {cpu!r}; expected one of {', '.join(X86_CPUS)}")
+def _resolve_x86(cpu: str, num_cores: int | None, _ndk: str | None) -> CompileTarget:
     from tvm.target import codegen
 
     mcpu = codegen.llvm_get_system_cpu() if cpu == "native" else cpu
-    target = {"kind": "llvm", "mtriple": X86_TRIPLE, "mcpu": mcpu}
+    target = {"kind": "llvm", "mtriple": TARGETS["x86"].triple, "mcpu": mcpu}
     if cpu == "znver4":
         target["mattr"] = ["-sse4a"]  # AMD-only; keeps a znver4 build runnable on Intel AVX-512 parts
     if num_cores:
@@ -109,71 +83,75 @@ def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None
             target["mattr"] = [f"-{llvm}" for llvm, flag in _LLVM_TO_CPUINFO.items() if flag in missing]
             required = tuple(f for f in required if f not in missing)
     wide = "avx512f" in required
-    return CompileTarget("x86", cpu, target, lanes=16 if wide else 8, required_features=required)
+    return CompileTarget("x86", cpu, target, Schedule(lanes=16 if wide else 8), required_features=required)
 
 
-def check_runnable(required_features, where: str = "this artifact") -> None:
-    """Raise ``BisrError`` if this machine lacks any of ``required_features`` (cpuinfo flag names)."""
-    host = host_cpu_flags()
-    if not host:
-        raise BisrError(f"cannot read this machine's CPU features (/proc/cpuinfo) to check {where}")
-    missing = sorted(set(required_features) - host)
-    if missing:
-        raise BisrError(f"{where} needs CPU features this machine lacks: {', '.join(missing)}")
-
-
-# ---- ARM (aarch64) targets: ARM deployment, issue 5 (docs/arm.md). They cross-compile on an x86_64 host;
-# ``fcompile_for`` gives the linker, bisr_deploy/emulation.py runs the result under qemu. ----
-
-ARM_ARCHES = ("arm", "android-arm64")
-# Only the generic ARMv8-A core: an -mcpu would let LLVM use extensions (dotprod, LSE, ...) that
+# Only the generic ARMv8-A core for ARM: an -mcpu would let LLVM use extensions (dotprod, LSE, ...) that
 # required_features does not record.
-ARM_CPUS = ("generic",)
-_ARM_TRIPLES = {"arm": "aarch64-linux-gnu", "android-arm64": "aarch64-linux-android"}
-# Bits of the kernel's AT_HWCAP on aarch64, named as /proc/cpuinfo's "Features" line names them.
-_AARCH64_HWCAP = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp",
-                  "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4", "asimddp", "sha512",
-                  "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb", "paca", "pacg")
+def _resolve_aarch64(arch: str):
+    def resolve(cpu: str, num_cores: int | None, ndk: str | None) -> CompileTarget:
+        """aarch64 with NEON: 128-bit vectors, 4 uint32 / 4 float32 lanes; Linux calls NEON ``asimd``."""
+        from .. import cross
+
+        target = {"kind": "llvm", "mtriple": TARGETS[arch].triple, "mattr": ["+neon"]}
+        if num_cores:
+            target["num-cores"] = int(num_cores)
+        # The NDK is checked here, before the long compile, not at link time.
+        ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
+        return CompileTarget(arch, cpu, target, Schedule(lanes=4), required_features=("asimd",), ndk=ndk)
+
+    return resolve
 
 
-def _is_aarch64() -> bool:
-    import platform
-
-    return platform.machine() in ("aarch64", "arm64")
-
-
-def aarch64_cpu_flags() -> set[str]:
-    """Features of this aarch64 CPU from ``getauxval(AT_HWCAP)`` (glibc and Android's bionic). Unlike
-    /proc/cpuinfo, also right under qemu-user, where /proc/cpuinfo is the x86 host's."""
-    import ctypes
-
-    getauxval = ctypes.CDLL(None).getauxval
-    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
-    hwcap = getauxval(16)  # AT_HWCAP
-    return {name for bit, name in enumerate(_AARCH64_HWCAP) if hwcap >> bit & 1}
-
-
-def _resolve_arm(arch: str, cpu: str, num_cores: int | None, ndk: str | None) -> CompileTarget:
-    """aarch64 with NEON: 128-bit vectors, 4 uint32 / 4 float32 lanes; Linux calls NEON ``asimd``."""
+def _linux_aarch64_linker(_target: CompileTarget):
     from .. import cross
 
-    cpu = "generic" if cpu == "native" else cpu  # a cross build has no "native" CPU
-    if cpu not in ARM_CPUS:
-        raise BisrError(f"unknown {arch} cpu {cpu!r}; expected one of {', '.join(ARM_CPUS)}")
-    target = {"kind": "llvm", "mtriple": _ARM_TRIPLES[arch], "mattr": ["+neon"]}
-    if num_cores:
-        target["num-cores"] = int(num_cores)
-    # The NDK is checked here, before the long compile, not at link time.
-    ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
-    return CompileTarget(arch, cpu, target, lanes=4, required_features=("asimd",), ndk=ndk)
+    return cross.linux_fcompile()
+
+
+def _android_linker(target: CompileTarget):
+    from .. import cross
+
+    return cross.android_fcompile(target.ndk)
+
+
+@dataclass(frozen=True)
+class TargetEntry:
+    """One target (module docstring). ``cpus[0]`` is what ``native`` means for a cross target."""
+
+    name: str
+    triple: str
+    cpus: tuple[str, ...]
+    resolve: Callable[[str, int | None, str | None], CompileTarget]  # (cpu, num_cores, ndk)
+    linker: Callable[[CompileTarget], object] = lambda _target: None
+    emulator: str | None = None
+    cross: bool = False  # built on another host: "native" means cpus[0]
+
+
+TARGETS: dict[str, TargetEntry] = {entry.name: entry for entry in (
+    TargetEntry("x86", "x86_64-linux-gnu", ("native", "znver4", "skylake-avx512", "haswell"), _resolve_x86),
+    TargetEntry("arm", "aarch64-linux-gnu", ("generic",), _resolve_aarch64("arm"), _linux_aarch64_linker,
+                emulator="qemu-aarch64", cross=True),
+    TargetEntry("android-arm64", "aarch64-linux-android", ("generic",), _resolve_aarch64("android-arm64"),
+                _android_linker, cross=True),
+)}
+ALL_CPUS = tuple(dict.fromkeys(cpu for entry in TARGETS.values() for cpu in entry.cpus))
+
+
+def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None = None,
+                   ndk: str | None = None) -> CompileTarget:
+    """Name -> ``CompileTarget``. Raises ``BisrError`` for an unknown arch or cpu.
+    ``ndk``: the Android NDK for ``android-arm64`` (default ``$ANDROID_NDK_HOME``)."""
+    entry = TARGETS.get(arch)
+    if entry is None:
+        raise BisrError(f"unknown target {arch!r}; supported: {', '.join(TARGETS)}")
+    if entry.cross and cpu == "native":
+        cpu = entry.cpus[0]  # a cross build has no "native" CPU
+    if cpu not in entry.cpus:
+        raise BisrError(f"unknown {arch} cpu {cpu!r}; expected one of {', '.join(entry.cpus)}")
+    return entry.resolve(cpu, num_cores, ndk)
 
 
 def fcompile_for(target: CompileTarget):
     """The ``fcompile`` for ``export_library``: None (the host compiler) for x86, a cross linker for ARM."""
-    from .. import cross
-
-    if target.arch == "arm":
-        return cross.linux_fcompile()
-    if target.arch == "android-arm64":
-        return cross.android_fcompile(target.ndk)
-    return None
+    return TARGETS[target.arch].linker(target)

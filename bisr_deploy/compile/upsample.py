@@ -13,7 +13,7 @@ Results equal the general formula up to float rounding.
 
 from __future__ import annotations
 
-from .bitserial import vector_lanes
+from .schedule import vector_lanes
 
 
 def upsample2x_primfunc(shape: tuple[int, int, int, int], lanes: int = 16):

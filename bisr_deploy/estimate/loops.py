@@ -68,7 +68,7 @@ def tir_loops(func) -> list[TirLoop]:
     """The ``For`` loops of a lowered PrimFunc in program order. ``BisrError`` for a loop of unknown extent."""
     from tvm import tirx
 
-    from ..instruction_mix import _children
+    from ..analysis.instruction_mix import _children
 
     loops: list[TirLoop] = []
 

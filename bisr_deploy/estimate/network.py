@@ -13,7 +13,7 @@ gives, for every kernel call of ``main`` in execution order:
   not resident is read from DRAM, a written buffer pushed out of the cache is written back;
 - ``est_ms = max(compute, DRAM time)`` (a roofline per call) and ``bound``: which of the two is larger.
 
-``measure_artifact`` adds the in-network time of every call (``compile.profile.network_calls``) and the total.
+``measure_artifact`` adds the in-network time of every call (``bench.profile.network_calls``) and the total.
 """
 
 from __future__ import annotations
@@ -25,34 +25,33 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import Manifest
 from ..errors import BisrError
 from .cores import Core
 
 
-def _target(manifest: dict):
-    """The ``CompileTarget`` the artifact was built for (lanes as ``resolve_target`` chose them)."""
-    from ..compile.targets import ARM_ARCHES, CompileTarget
+def _target(manifest: Manifest):
+    """The ``CompileTarget`` the artifact was built for (lanes as ``resolve_target`` chooses them)."""
+    from ..compile.schedule import Schedule
+    from ..compile.targets import CompileTarget
 
-    target = manifest["target"]
-    if not isinstance(target.get("tvm_target"), dict) or "mtriple" not in target["tvm_target"]:
-        raise BisrError("the artifact's manifest lacks target.tvm_target: compile it again")
-    features = tuple(target.get("required_cpu_features", ()))
-    arch = target.get("arch", "x86")
-    lanes = 4 if arch in ARM_ARCHES else (16 if "avx512f" in features else 8)
-    return CompileTarget(arch, target.get("cpu", "native"), target["tvm_target"], lanes, features)
+    target = manifest.target
+    features = tuple(target.required_cpu_features)
+    lanes = 4 if artifact_arch(manifest) == "aarch64" else (16 if "avx512f" in features else 8)
+    return CompileTarget(target.arch, target.cpu, target.tvm_target, Schedule(lanes=lanes), features)
 
 
-def load_source_model(directory: Path, manifest: dict):
+def load_source_model(directory: Path, manifest: Manifest):
     """The artifact's ``model.onnx``, checked against the manifest's ``source.onnx_sha256``."""
     import onnx
 
-    from ..runtime import SOURCE_MODEL
+    from ..artifact import SOURCE_MODEL
 
     path = directory / SOURCE_MODEL
-    if not path.is_file():
+    if not path.is_file() or SOURCE_MODEL not in manifest.files:
         raise BisrError(f"{directory} has no {SOURCE_MODEL} (compiled by an older bisr-deploy): compile it again")
     data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != manifest["source"].get("onnx_sha256"):
+    if hashlib.sha256(data).hexdigest() != manifest.source.get("onnx_sha256"):
         raise BisrError(f"{path} is not the model this artifact was compiled from (sha256 differs)")
     return onnx.load_model_from_string(data)
 
@@ -104,7 +103,7 @@ class PreparedArtifact:
     """What every estimate of one artifact (and build) shares: the kernel calls and their compiled loops."""
 
     directory: Path
-    manifest: dict
+    manifest: Manifest
     build: str  # "bitserial" or "float32 (tvm-fp32)"
     calls: list  # lowered_calls: (function, [(shape, dtype)], [buffer names])
     macs: dict[str, tuple[int, int]]
@@ -114,9 +113,9 @@ class PreparedArtifact:
 def prepare_artifact(directory, float_build: bool = False) -> PreparedArtifact:
     """Re-import, lower and assemble the artifact's kernels (the slow part: a TVM build and llc).
     ``float_build``: the same graph with BiSR-Conv in float32 ops (the bench's ``tvm-fp32`` backend)."""
+    from ..artifact import read_manifest
+    from ..bench.profile import lowered_calls
     from ..compile.onnx_import import import_onnx
-    from ..compile.profile import lowered_calls
-    from ..runtime import read_manifest
     from .loops import compile_kernels
 
     directory = Path(directory)
@@ -124,7 +123,7 @@ def prepare_artifact(directory, float_build: bool = False) -> PreparedArtifact:
     target = _target(manifest)
     model = load_source_model(directory, manifest)
     try:
-        imported = import_onnx(model, target.lanes, bitserial=not float_build)
+        imported = import_onnx(model, target.schedule, bitserial=not float_build)
     except BisrError:
         raise
     except Exception as exc:  # noqa: BLE001 - an ONNX model the importer cannot read: one line
@@ -134,12 +133,12 @@ def prepare_artifact(directory, float_build: bool = False) -> PreparedArtifact:
                             layer_macs(imported), compile_kernels(tir_mod, target.tvm_target))
 
 
-def artifact_arch(manifest: dict) -> str:
+def artifact_arch(manifest: Manifest) -> str:
     """"aarch64" or "x86_64": the machine an artifact's code is for (``Core.arch``)."""
-    return manifest["target"]["triple"].split("-")[0]
+    return manifest.target.triple.split("-")[0]
 
 
-def check_settings(manifest: dict, core: Core, clock_ghz: float | None, dram_gbs: float | None,
+def check_settings(manifest: Manifest, core: Core, clock_ghz: float | None, dram_gbs: float | None,
                    threads: int) -> tuple[float, float]:
     """(clock, DRAM bandwidth) to assume: the overrides, else the core's. ``BisrError`` for a core of another
     architecture than the artifact's or a non-positive setting."""
@@ -176,22 +175,22 @@ def estimate(prepared: PreparedArtifact, core: Core, clock_ghz: float | None = N
         })
     return {"artifact": str(prepared.directory), "core": core.name, "llvm_mcpu": core.mcpu, "clock_ghz": clock_ghz,
             "dram_gbs": dram_gbs, "cache_bytes": core.cache_bytes(threads), "threads": threads,
-            "build": prepared.build, "size": prepared.manifest["output"]["shape"][2:],
+            "build": prepared.build, "size": prepared.manifest.output.shape[2:],
             "total_ms": sum(k["est_ms"] for k in kernels), "binary_macs": sum(k["binary_macs"] for k in kernels),
             "float_macs": sum(k["float_macs"] for k in kernels), "kernels": kernels}
 
 
 def measure_artifact(model, report: dict, rounds: int = 10) -> None:
     """Run the loaded artifact (``runtime.load``) at ``report["threads"]`` threads and put beside every call its
-    in-network time ``measured_ms`` (``compile.profile.network_calls``: fastest of 3 runs; of ``rounds``
+    in-network time ``measured_ms`` (``bench.profile.network_calls``: fastest of 3 runs; of ``rounds``
     such measurements the fastest for each call, so that a shared machine's bursts of load drop out) and
     ``measured_total_ms``, their sum."""
+    from ..bench.profile import network_calls
     from ..commands.bench import bench_inputs
-    from ..compile.profile import network_calls
     from ..runtime import set_num_threads
 
-    height, width = model.manifest["output"]["shape"][2:]
-    y, mask = bench_inputs(height, width, model.manifest["mode"])
+    height, width = model.manifest.output.shape[2:]
+    y, mask = bench_inputs(height, width, model.manifest.mode)
     set_num_threads(report["threads"])
     fastest = None
     for _ in range(rounds):

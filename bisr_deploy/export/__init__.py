@@ -1,15 +1,15 @@
-"""ONNX export of BiSRNet with bit-packed BiSR-Convs (the ``ai.bisr`` domain, docs/custom-ops.md).
+"""ONNX export of BiSRNet with bit-packed BiSR-Convs (the custom operator of ``bisr_deploy.bisrconv_op``).
 
 API:
     export_onnx(checkpoint=None, height=256, width=256, mode=None) -> onnx.ModelProto
-        checkpoint: path of a project .safetensors or an authors' .pth, None (the shipped default),
+        checkpoint: path of a project .safetensors or an authors' .pth, a checkpoint name, None (the default checkpoint),
         a loaded ``Checkpoint`` or a ``BiSRNet``; H, W: positive multiples of 8; mode: "sim" | "real" to
         override an authors' file's inferred input mode. Raises ``BisrError`` for bad input.
     save_onnx(model, path) -> int        atomic write, returns the size in bytes.
-    strip_custom_ops(model, "Identity")  the graph with each ai.bisr node replaced (for importers without it).
+    strip_custom_ops(model, "Identity")  the graph with each BiSRConv node replaced (for importers without it).
 
-Modules: ``exporter`` (export_onnx, save_onnx), ``graph`` (module tree -> nodes), ``bisr_op`` (the ai.bisr
-node, initializers and FunctionProto), ``clean`` (shape annotation, inference checks, strip_custom_ops),
+Modules: ``exporter`` (export_onnx, save_onnx), ``graph`` (module tree -> nodes, a BiSRConv module -> operator
+node and initializers), ``clean`` (shape annotation, inference checks, strip_custom_ops),
 ``parity`` (ONNX Runtime vs PyTorch: per-layer sign bits, end-to-end PSNR).
 
 Graph conventions (every deployed form has this interface):
@@ -18,8 +18,8 @@ Graph conventions (every deployed form has this interface):
 - the authors' test-time preprocessing is inside (sim: Y / 28 * 2 and shift back, mask repeated over the
   bands; real: clip to [0, 1], Y / max(Y) * 0.8 in float64, shift back), and real-mode output is clamped to
   [0, 1], so apps feed raw sensor data.
-- default opset 18 plus ``ai.bisr`` v1; every BiSRConv module is one ``ai.bisr::BiSRConv`` node whose
-  model-local FunctionProto (standard ops only) lets stock ONNX Runtime run the file.
+- default opset 18 plus the custom domain v1 (``bisrconv_op.opset_imports``); every BiSRConv module is one
+  BiSRConv custom node whose model-local FunctionProto (standard ops only) lets stock ONNX Runtime run the file.
 - all shapes static (value_info for every tensor), no Tanh/Reshape/Shape in the main graph, N = 1.
 - names: nodes and their output tensors are PyTorch module paths (``body.0.encoder_layers.0.1.biconv_1``);
   initializers are state-dict names (``conv_in.weight``) or ``<BiSRConv path>.<op input name>``

@@ -1,14 +1,14 @@
 """Post-build passes on an exported model: static shape annotation, inference-cleanliness checks, and the
-replacement of ``ai.bisr`` ops by a stand-in (for importers that do not know the domain, e.g. TVM's Relax
+replacement of the BiSRConv custom ops by a stand-in (for importers that do not know the domain, e.g. TVM's Relax
 ONNX frontend, which must accept everything else).
 """
 
 from __future__ import annotations
 
 import onnx
-from onnx import helper, shape_inference
+from onnx import shape_inference
 
-from .bisr_op import DOMAIN
+from .. import bisrconv_op
 
 # Op types that must not survive into an inference graph: training-time estimators and dynamic shape plumbing.
 FORBIDDEN_OPS = ("Tanh", "Shape", "NonZero", "Range", "ConstantOfShape", "Loop", "If", "Scan", "Dropout")
@@ -27,7 +27,7 @@ def _static(value_info: onnx.ValueInfoProto) -> bool:
 def inference_problems(model: onnx.ModelProto) -> list[str]:
     """What keeps ``model`` (after ``annotate_shapes``) from being a clean static inference graph; [] if none.
 
-    Checks the main graph only (function bodies are the reference lowering of ``ai.bisr`` ops): forbidden op
+    Checks the main graph only (function bodies are the reference lowering of the custom ops): forbidden op
     types, Reshape (none is needed), Constant nodes and nodes computed from initializers alone (unfolded
     constants), tensors without a fully static shape, ops of unknown domains.
     """
@@ -35,7 +35,7 @@ def inference_problems(model: onnx.ModelProto) -> list[str]:
     initializers = {t.name for t in graph.initializer}
     problems = []
     for node in graph.node:
-        if node.domain not in ("", DOMAIN):
+        if node.domain and not bisrconv_op.is_node(node):
             problems.append(f"{node.name}: op of foreign domain {node.domain}::{node.op_type}")
         elif node.op_type in FORBIDDEN_OPS or node.op_type in ("Reshape", "Constant"):
             problems.append(f"{node.name}: {node.op_type} in an inference graph")
@@ -52,26 +52,13 @@ def inference_problems(model: onnx.ModelProto) -> list[str]:
 
 
 def strip_custom_ops(model: onnx.ModelProto, replacement: str = "Identity") -> onnx.ModelProto:
-    """A copy of ``model`` with every ``ai.bisr`` node replaced by ``replacement(X)`` (a shape-preserving
+    """A copy of ``model`` with every BiSRConv custom node replaced by ``replacement(X)`` (a shape-preserving
     unary standard op), its now-unused initializers, the functions and the domain import removed.
     """
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
+    stripped, _ = bisrconv_op.replace_nodes(model, replacement)
     graph = stripped.graph
-    nodes = []
-    for node in graph.node:
-        if node.domain == DOMAIN:
-            nodes.append(helper.make_node(replacement, [node.input[0]], list(node.output), name=node.name))
-        else:
-            nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
     used = {name for node in graph.node for name in node.input}
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    del stripped.functions[:]
-    imports = [o for o in stripped.opset_import if o.domain != DOMAIN]
-    del stripped.opset_import[:]
-    stripped.opset_import.extend(imports)
     return stripped

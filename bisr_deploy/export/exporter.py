@@ -1,4 +1,4 @@
-"""``export_onnx`` and ``save_onnx``: a checkpoint -> one static ONNX model with the ``ai.bisr`` ops."""
+"""``export_onnx`` and ``save_onnx``: a checkpoint -> one static ONNX model with the BiSRConv custom ops."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from .. import __version__
+from .. import __version__, bisrconv_op
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import BisrError
 from ..fileio import atomic_output
 from ..model import BiSRNet
-from .bisr_op import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, bisr_conv_function
 from .clean import annotate_shapes, inference_problems
 from .graph import build_graph
 
@@ -41,19 +40,20 @@ def _as_model(checkpoint, mode: str | None) -> tuple[BiSRNet, dict]:
 
 def export_onnx(checkpoint: str | os.PathLike | Checkpoint | BiSRNet | None = None, height: int = 256,
                 width: int = 256, mode: str | None = None) -> onnx.ModelProto:
-    """Export ``checkpoint`` (a path, ``None`` = the shipped default, a loaded ``Checkpoint`` or a ``BiSRNet``)
+    """Export ``checkpoint`` (a path or name, ``None`` = the default checkpoint, a loaded ``Checkpoint`` or a ``BiSRNet``)
     for H x W scenes. ``mode`` overrides an authors' file's inferred input mode. Raises ``BisrError``."""
     check_size(height, width)
     model, provenance = _as_model(checkpoint, mode)
     graph = build_graph(model, height, width)
     onnx_model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
-        functions=[bisr_conv_function()],
+        opset_imports=bisrconv_op.opset_imports(),
+        functions=[bisrconv_op.function()],
         ir_version=IR_VERSION,
         producer_name="bisr-deploy",
         producer_version=__version__,
-        doc_string=f"BiSRNet {model.mode}-mode reconstruction, {height} x {width}, ai.bisr BiSRConv v{DOMAIN_VERSION}",
+        doc_string=f"BiSRNet {model.mode}-mode reconstruction, {height} x {width}, "
+                   f"{bisrconv_op.DOMAIN} {bisrconv_op.OP_TYPE} v{bisrconv_op.DOMAIN_VERSION}",
     )
     meta = {"bisr.mode": model.mode, "bisr.height": str(height), "bisr.width": str(width),
             "bisr.bands": str(model.n_bands), "bisr.step": "2"}

@@ -17,15 +17,44 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from .. import bisrconv_op
+from ..bitpack import pack_sign_bits
 from ..frontend import REAL_PEAK
 from ..model import (BinaryDownsample, BinaryFusionDown, BinaryFusionUp, BinaryUpsample, BiSRConv, BiSRNet,
                      ConvBlock, FeedForward, RPReLU, UBody)
-from .bisr_op import bisr_conv_initializers, bisr_conv_node
 
 
 def _array(tensor, shape=None) -> np.ndarray:
     value = tensor.detach().cpu().numpy().astype(np.float32)
     return np.ascontiguousarray(value.reshape(shape) if shape is not None else value)
+
+
+def bisr_conv_initializers(module: BiSRConv, prefix: str) -> list[onnx.TensorProto]:
+    """The weight initializers of one BiSRConv module, named ``<prefix>.<weight input>`` in the operator's
+    input order (``bisrconv_op.WEIGHT_INPUTS``).
+
+    Values come straight from the module: k, b of ``move0``; sign bits of ``binary_conv.weight`` packed by
+    ``bisr_deploy.bitpack``; ``binary_conv.weight_scale()``; the RPReLU biases and slope.
+    """
+    conv = module.binary_conv
+    if conv.in_channels != conv.out_channels:
+        raise ValueError(f"{prefix}: BiSRConv needs equal input and output channels")
+    values = (module.move0.k.reshape(-1), module.move0.b.reshape(-1), pack_sign_bits(conv.weight),
+              conv.weight_scale().reshape(-1), module.relu.pr_bias0.bias.reshape(-1),
+              module.relu.pr_prelu.weight.reshape(-1), module.relu.pr_bias1.bias.reshape(-1))
+    out = []
+    for key, value in zip(bisrconv_op.WEIGHT_INPUTS, values, strict=True):
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy().astype(np.float32)
+        out.append(numpy_helper.from_array(np.ascontiguousarray(value), f"{prefix}.{key}"))
+    return out
+
+
+def bisr_conv_node(module: BiSRConv, prefix: str, x: str, y: str) -> onnx.NodeProto:
+    """The BiSRConv operator node for ``module``, reading ``x`` and the initializers of ``prefix``."""
+    conv = module.binary_conv
+    ph, pw = conv.padding
+    return bisrconv_op.make_node(prefix, x, y, conv.kernel_size, [ph, pw, ph, pw], conv.groups)
 
 
 class GraphBuilder:

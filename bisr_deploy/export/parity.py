@@ -1,7 +1,7 @@
 """Parity of an exported model with PyTorch, by criteria that survive BiSRNet's sign-flip sensitivity.
 
 - Per layer (``layer_parity``): every BiSRConv gets the SAME full-precision input on both sides (the input
-  that layer sees in a PyTorch forward with Sign(0) = -1); PyTorch's module and the ``ai.bisr::BiSRConv``
+  that layer sees in a PyTorch forward with Sign(0) = -1); PyTorch's module and the BiSRConv operator's
   function (inlined, run by ONNX Runtime) must agree on every activation sign bit and on the output up to
   float rounding.
 - End to end (``scene_parity``): PSNR against ground truth of ONNX Runtime's cube vs PyTorch's.
@@ -18,11 +18,12 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
+from .. import bisrconv_op
 from ..cassi import simulate_snapshot
 from ..metrics import psnr
 from ..model import BiSRNet, with_negative_sign
 from ..reconstruct import bisr_conv_io, reconstruct
-from .bisr_op import DOMAIN, DOMAIN_VERSION, ONNX_OPSET, bisr_conv_function, bisr_conv_initializers, bisr_conv_node
+from .graph import bisr_conv_initializers, bisr_conv_node
 from .exporter import IR_VERSION
 
 
@@ -61,9 +62,8 @@ def single_op_model(module, name: str, shape: tuple[int, ...]) -> onnx.ModelProt
     graph = helper.make_graph([node], name, [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
                               bisr_conv_initializers(module, name))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET),
-                                                    helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
-                              functions=[bisr_conv_function()], ir_version=IR_VERSION)
+    model = helper.make_model(graph, opset_imports=bisrconv_op.opset_imports(), functions=[bisrconv_op.function()],
+                              ir_version=IR_VERSION)
     model = onnx.inliner.inline_local_functions(model)
     # The inliner renames the function's internal "a_pos" (activation > 0) to "a_pos__<n>".
     a_pos = next(out for n in model.graph.node for out in n.output if out.startswith("a_pos"))

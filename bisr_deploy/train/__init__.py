@@ -1,1 +1,1 @@
-"""Training BiSRNet: config (TOML), datasets and synthetic scenes, the loop, data-parallel processes."""
+"""Training BiSRNet: config (TOML), the loop, data-parallel processes; its data comes from ``bisr_deploy.data``."""

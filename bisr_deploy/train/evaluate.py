@@ -16,7 +16,7 @@ from ..checkpoint import load_checkpoint
 from ..errors import BisrError
 from ..metrics import psnr, ssim
 from ..reconstruct import reconstruct
-from .datasets import measure
+from ..data.datasets import measure
 
 
 @dataclass
@@ -35,7 +35,7 @@ def scene_with_mask(name: str, truth: np.ndarray, mask: np.ndarray) -> Scene:
 
 
 def score(checkpoints: dict[str, str | None], scenes: list[Scene]) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{checkpoint label: {scene name: (PSNR dB, SSIM)}}``; ``None`` as a path means the shipped checkpoint."""
+    """``{checkpoint label: {scene name: (PSNR dB, SSIM)}}``; paths are resolved by ``load_checkpoint`` (names, ``None`` = the default)."""
     results = {}
     for label, path in checkpoints.items():
         ckpt = load_checkpoint(path)

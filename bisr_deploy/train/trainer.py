@@ -41,7 +41,7 @@ from ..model import BiSRNet
 from ..reconstruct import reconstruct
 from . import distributed
 from .config import TrainConfig
-from .datasets import SampleMaker, epoch_order, load_folder, load_mask, validation_set
+from ..data.datasets import SampleMaker, epoch_order, load_folder, load_mask, validation_set
 
 STATE_FILE = "train_state.pt"
 CHECKPOINT_FILE = "checkpoint.safetensors"

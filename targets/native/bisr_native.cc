@@ -36,7 +36,8 @@ namespace ffi = tvm::ffi;
 using JsonObject = ffi::Map<ffi::Any, ffi::Any>;
 using JsonArray = ffi::Array<ffi::Any>;
 
-// The artifact format of bisr_deploy/runtime.py.
+// The artifact format: this loader mirrors bisr_deploy/artifact.py (read_manifest, verify_files, read_params);
+// a change there is a change here (tests/test_layout.py checks that these constants agree).
 constexpr const char* kFormat = "bisr-deploy-artifact";
 constexpr int64_t kFormatVersion = 1;
 constexpr const char* kLibrary = "model.so";

@@ -20,8 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compile.bitserial import WORD_BITS, BiSRConvSpec, bisrconv_primfunc
-from .errors import BisrError
+from ..compile.bitserial import WORD_BITS, BiSRConvSpec, bisrconv_primfunc
+from ..errors import BisrError
 
 KERNEL_SYMBOL = "bisrconv"  # global symbol of bisrconv_primfunc
 
@@ -48,7 +48,7 @@ def model_kernel_shapes(model=None, height: int = 64, width: int = 64) -> list[K
     pads, groups), ordered by kernel, groups, channels."""
     import torch
 
-    from .model import BiSRNet
+    from ..model import BiSRNet
 
     if height < 1 or width < 1:
         raise BisrError(f"scene size must be positive, got {height} x {width}")
@@ -280,17 +280,21 @@ def instruction_mix(instructions: list[tuple[str, str]], classes: dict) -> dict[
 def objdump_for(arch: str) -> str:
     """The host ``objdump`` that reads code for ``arch`` (a ``CompileTarget.arch``): the aarch64 cross one for
     the ARM targets, the host's for x86. ``BisrError`` naming the Debian package when it is missing."""
-    from . import cross
-    from .compile.targets import ARM_ARCHES
+    from .. import cross
 
-    return cross.linux_tool("objdump") if arch in ARM_ARCHES else cross.require_tool("objdump")
+    return cross.linux_tool("objdump") if _is_aarch64(arch) else cross.require_tool("objdump")
 
 
 def classes_for(arch: str) -> dict:
     """``ARM_CLASSES`` or ``X86_CLASSES`` for a ``CompileTarget.arch``."""
-    from .compile.targets import ARM_ARCHES
+    return ARM_CLASSES if _is_aarch64(arch) else X86_CLASSES
 
-    return ARM_CLASSES if arch in ARM_ARCHES else X86_CLASSES
+
+def _is_aarch64(arch: str) -> bool:
+    from ..compile.targets import TARGETS
+    from ..hostcpu import triple_arch
+
+    return triple_arch(TARGETS[arch].triple) == "aarch64"
 
 
 def analyse_kernel(spec: BiSRConvSpec, target, workdir: str | Path) -> dict:

@@ -1,5 +1,9 @@
-"""The ``ai.bisr`` operator domain (docs/custom-ops.md): the BiSRConv node, its initializers and its
-model-local ``FunctionProto`` whose body uses standard ONNX ops only, so stock ONNX Runtime runs it.
+"""The one definition of the ``ai.bisr::BiSRConv`` operator (docs/custom-ops.md): domain, version, input
+names, attributes, node and opset builders, the model-local ``FunctionProto`` (standard ONNX ops only, so
+stock ONNX Runtime runs it), the replacement of its nodes by a stand-in, and a numpy reference.
+
+The exporter (``export/``), the importer (``compile/split.py``) and the tests use it; no other module spells the
+domain or the input names.
 
 Function body (opset 18, attributes ``kernel_shape``, ``pads``, ``group`` passed by reference):
     a  = Where(X·k + b > 0, 1, -1)                                  # step 1, Sign(0) = -1
@@ -14,16 +18,34 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..bitpack import pack_sign_bits
-from ..model import BiSRConv
+from .bitpack import unpack_sign_bits
 
 DOMAIN = "ai.bisr"
 DOMAIN_VERSION = 1
 OP_TYPE = "BiSRConv"
-# Input names of the operator, in order (docs/custom-ops.md, "Inputs").
+# Input names of the operator, in order (docs/custom-ops.md, "Inputs"): X, then the layer's seven weights.
 INPUTS = ("X", "redist_scale", "redist_bias", "weight_bits", "weight_scale",
           "rprelu_bias_in", "rprelu_slope", "rprelu_bias_out")
-ONNX_OPSET = 18
+WEIGHT_INPUTS = INPUTS[1:]
+# Attributes: kernel_shape [KH, KW], pads [top, left, bottom, right] (zero padding), group.
+ATTRIBUTES = ("kernel_shape", "pads", "group")
+ONNX_OPSET = 18  # of the function body and of the exported graphs
+
+
+def opset_imports() -> list[onnx.OperatorSetIdProto]:
+    """The opset imports of a model using the operator: standard ONNX ``ONNX_OPSET`` and this domain."""
+    return [helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)]
+
+
+def is_node(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` belongs to this operator's domain (any op type of it)."""
+    return node.domain == DOMAIN
+
+
+def make_node(name: str, x: str, y: str, kernel_shape, pads, group: int) -> onnx.NodeProto:
+    """A BiSRConv node ``name`` reading ``x`` and the weight initializers ``<name>.<weight input>``."""
+    return helper.make_node(OP_TYPE, [x] + [f"{name}.{w}" for w in WEIGHT_INPUTS], [y], name=name, domain=DOMAIN,
+                            kernel_shape=list(kernel_shape), pads=list(pads), group=int(group))
 
 
 def _const(name: str, array: np.ndarray):
@@ -42,7 +64,7 @@ def _per_channel(src: str, dst: str) -> onnx.NodeProto:
     return helper.make_node("Unsqueeze", [src, "axes_hw"], [dst])
 
 
-def bisr_conv_function() -> onnx.FunctionProto:
+def function() -> onnx.FunctionProto:
     """The model-local function ``ai.bisr::BiSRConv`` (version 1) in standard ONNX opset-18 ops."""
     ref = helper.make_attribute_ref
     nodes = [
@@ -99,43 +121,55 @@ def bisr_conv_function() -> onnx.FunctionProto:
     return helper.make_function(
         DOMAIN, OP_TYPE, list(INPUTS), ["Y"], nodes,
         opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
-        attributes=["kernel_shape", "pads", "group"],
-        doc_string="ai.bisr::BiSRConv v1, see docs/custom-ops.md",
+        attributes=list(ATTRIBUTES),
+        doc_string=f"{DOMAIN}::{OP_TYPE} v{DOMAIN_VERSION}, see docs/custom-ops.md",
     )
 
 
-def bisr_conv_initializers(module: BiSRConv, prefix: str) -> list[onnx.TensorProto]:
-    """The seven initializers of one BiSRConv (inputs 1-7), named ``<prefix>.<input name>``.
-
-    Values come straight from the module: k, b of ``move0``; sign bits of ``binary_conv.weight`` packed by
-    ``bisr_deploy.bitpack``; ``binary_conv.weight_scale()``; the RPReLU biases and slope.
-    """
-    conv = module.binary_conv
-    if conv.in_channels != conv.out_channels:
-        raise ValueError(f"{prefix}: BiSRConv needs equal input and output channels")
-    values = {
-        "redist_scale": module.move0.k.reshape(-1),
-        "redist_bias": module.move0.b.reshape(-1),
-        "weight_bits": pack_sign_bits(conv.weight),
-        "weight_scale": conv.weight_scale().reshape(-1),
-        "rprelu_bias_in": module.relu.pr_bias0.bias.reshape(-1),
-        "rprelu_slope": module.relu.pr_prelu.weight.reshape(-1),
-        "rprelu_bias_out": module.relu.pr_bias1.bias.reshape(-1),
-    }
-    out = []
-    for key, value in values.items():
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy().astype(np.float32)
-        out.append(numpy_helper.from_array(np.ascontiguousarray(value), f"{prefix}.{key}"))
-    return out
+def replace_nodes(model: onnx.ModelProto, replacement: str) -> tuple[onnx.ModelProto, list[onnx.NodeProto]]:
+    """(a copy of ``model`` with every node of this domain replaced by ``replacement(X)`` (a shape-preserving
+    unary standard op) and the functions and the domain import removed, the replaced nodes in graph order).
+    Initializers are left as they are (the caller decides which stay)."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    graph = stripped.graph
+    nodes, replaced = [], []
+    for node in graph.node:
+        if is_node(node):
+            replaced.append(node)
+            nodes.append(helper.make_node(replacement, [node.input[0]], list(node.output), name=node.name))
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del stripped.functions[:]
+    imports = [o for o in stripped.opset_import if o.domain != DOMAIN]
+    del stripped.opset_import[:]
+    stripped.opset_import.extend(imports)
+    return stripped, replaced
 
 
-def bisr_conv_node(module: BiSRConv, prefix: str, x: str, y: str) -> onnx.NodeProto:
-    """The ``ai.bisr::BiSRConv`` node for ``module``, reading ``x`` and the initializers of ``prefix``."""
-    conv = module.binary_conv
-    kh, kw = conv.kernel_size
-    ph, pw = conv.padding
-    return helper.make_node(
-        OP_TYPE, [x] + [f"{prefix}.{name}" for name in INPUTS[1:]], [y], name=prefix, domain=DOMAIN,
-        kernel_shape=[kh, kw], pads=[ph, pw, ph, pw], group=conv.groups,
-    )
+def reference(x: np.ndarray, weights: dict[str, np.ndarray], kernel_shape, pads, group: int) -> np.ndarray:
+    """The operator in numpy, float32 steps in the contract's order (exact integer accumulator): x [N, C, H, W]
+    float32, ``weights`` by input name (``WEIGHT_INPUTS``) -> Y [N, C, H, W]."""
+    n, c, h, w = x.shape
+    cg = c // group
+    kh, kw = kernel_shape
+    signs = unpack_sign_bits(weights["weight_bits"], (c, cg, kh, kw))
+    per = lambda name: weights[name][None, :, None, None]  # noqa: E731
+    a = np.where(per("redist_scale") * x + per("redist_bias") > 0, 1, -1).astype(np.int64)
+    top, left, bottom, right = pads
+    ap = np.pad(a, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    acc = np.zeros((n, c, h, w), np.int64)
+    for o in range(c):
+        g = o // cg
+        for i in range(cg):
+            for u in range(kh):
+                for v in range(kw):
+                    acc[:, o] += ap[:, g * cg + i, u:u + h, v:v + w] * int(signs[o, i, u, v])
+    t = per("weight_scale") * acc.astype(np.float32) + per("rprelu_bias_in")
+    r = np.where(t > 0, t, per("rprelu_slope") * t) + per("rprelu_bias_out")
+    return x + r
+
+
+

@@ -17,9 +17,10 @@ import time
 
 import numpy as np
 
-from .onnx_import import KERNEL_ATTR, ImportedModel
-from .pipeline import fuse_and_schedule
-from .targets import CompileTarget
+from ..compile.lowering import KERNEL_ATTR
+from ..compile.onnx_import import ImportedModel
+from ..compile.pipeline import fuse_and_schedule
+from ..compile.targets import CompileTarget
 
 
 def lowered_calls(imported: ImportedModel, target: CompileTarget):
@@ -127,6 +128,6 @@ def network_calls(model, measurement: np.ndarray, mask: np.ndarray | None = None
     finally:
         model.set_instrument(None)
     _, calls = min(runs, key=lambda run: run[0])
-    kinds = {layer["function"]: layer["kind"].split("_")[0] for layer in model.manifest["layers"]}
+    kinds = {layer.function: layer.kind.split("_")[0] for layer in model.manifest.layers}
     return [{"call": k, "function": name, "kind": kinds.get(name, "fused"), "ms": seconds * 1e3}
             for k, (name, seconds) in enumerate(calls)]

@@ -1,0 +1,146 @@
+"""Pass 3 of the import (Relax level, bitserial builds only): BiSRNet's operator patterns around the
+BiSRConvs become one fused kernel call each (``bitserial.Fusion``, manifest kind ``bisrconv_fused``).
+
+| pattern (after lowering) | fused kernel |
+| --- | --- |
+| ``Concat((B1(X), B2(X)), axis=1)`` | ``concat`` |
+| ``(B1(X[:, :C]) + B2(X[:, C:])) / 2``, X possibly ``Concat((X1, X2))`` | ``mean`` (``split_input``) |
+| ``mean(...) + R`` | ``mean`` with ``residual`` |
+| ``Add(PRelu(Add(K, bias_in), slope), bias_out)``, K a single or ``concat`` kernel | K with ``post`` (RPReLU) |
+
+The superseded kernel calls become dead code (removed by the next pass); the per-layer kernels stay in the
+library for the runtime's ``run_bisrconv``. See ``bitserial.bisrconv_compute`` for the arithmetic.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ..artifact import BISRCONV_PARAMS
+from .bitserial import Fusion, bisrconv_primfunc
+from .lowering import LayerInfo, LoweringState, pass_mutator, run_pass
+
+
+@functools.cache
+def fusion_class():
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class FuseBiSRNetPatterns(pass_mutator()):
+        RULES = {"relax.concat": ("_fuse_concat",), "relax.divide": ("_fuse_mean",),
+                 "relax.add": ("_fuse_residual", "_fuse_rprelu")}
+
+        def _bisr_call(self, expr, fusion=Fusion()):
+            """(spec, inputs, params, extras) if ``expr`` is bound to a call of our kernel with this fusion, else
+            None. inputs: the X tensor(s); params: the layers' BISRCONV_PARAMS vars; extras: R, post parameters."""
+            bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+            if not (isinstance(bound, relax.Call) and isinstance(bound.args[0], relax.GlobalVar)):
+                return None
+            meta = self.state.bisr_kernels.get(bound.args[0].name_hint)
+            if meta is None or meta[1] != fusion:
+                return None
+            args = list(bound.args[1].fields)
+            n_x, n_p = 1 + fusion.split_input, len(BISRCONV_PARAMS) * fusion.layers
+            return meta[0], args[:n_x], args[n_x:n_x + n_p], args[n_x + n_p:]
+
+        def _fused_call(self, spec, fusion, args):
+            dims = "x".join(str(v) for v in (spec.channels, spec.height, spec.width, *spec.kernel, spec.group))
+            name = f"bisrconv_{dims}{fusion.suffix}"
+            schedule = self.state.schedule
+            gv = self._kernel(("bisrconv", spec, fusion),
+                              lambda: bisrconv_primfunc(spec, schedule.lanes, fusion, schedule.row_band), name)
+            self.state.bisr_kernels[name] = (spec, fusion)
+            members = tuple(a.name.rsplit(".", 1)[0] for a in args if a.name.endswith(".wwords"))
+            # The record goes right after its members' (graph order), replacing an earlier fusion of them.
+            layers = [layer for layer in self.state.layers if layer.kind != "bisrconv_fused" or layer.members != members]
+            at = 1 + max(i for i, layer in enumerate(layers) if layer.kind == "bisrconv" and layer.name in members)
+            layers.insert(at, LayerInfo(name, "bisrconv_fused", spec, name, members, fusion))
+            self.state.layers = layers
+            out = [spec.batch, fusion.output_channels(spec), spec.height, spec.width]
+            return relax.call_tir(gv, args, relax.TensorType(out, "float32"))
+
+        def _fuse_concat(self, call):
+            """Concat((B1(X), B2(X)), axis=1), B1, B2 of the same shape -> ``concat`` kernel."""
+            parts = call.args[0]
+            if int(call.attrs.axis) != 1 or not isinstance(parts, relax.Tuple) or len(parts.fields) != 2:
+                return None
+            a, b = (self._bisr_call(f) for f in parts.fields)
+            if a and b and a[0] == b[0] and a[1][0].same_as(b[1][0]):
+                return self._fused_call(a[0], Fusion("concat"), [a[1][0], *a[2], *b[2]])
+            return None
+
+        def _fuse_mean(self, call):
+            """(B1(X[:, :C]) + B2(X[:, C:])) / 2 (a Split in two along axis 1, an Add, a Div by the constant 2)
+            -> ``mean`` kernel; if X is Concat((X1, X2), axis=1) of two C-channel tensors, it reads X1, X2."""
+            if not isinstance(call.args[1], relax.Var):
+                return None
+            divisor = self.state.param_values.get(call.args[1].name)
+            total = self._producer(call.args[0], self.ops["add"])
+            if divisor is None or divisor.size != 1 or float(divisor.reshape(())) != 2.0 or total is None:
+                return None
+            a, b = (self._bisr_call(arg) for arg in total.args)
+            if not (a and b and a[0] == b[0]):
+                return None
+            spec = a[0]
+            halves = [self.lookup_binding(h[1][0]) if isinstance(h[1][0], relax.Var) else None for h in (a, b)]
+            if not all(isinstance(h, relax.TupleGetItem) for h in halves) or [h.index for h in halves] != [0, 1]:
+                return None
+            if not halves[0].tuple_value.same_as(halves[1].tuple_value):
+                return None
+            split = self._producer(halves[0].tuple_value, self.ops["split"])
+            # Both halves have C channels (their kernels' spec), the whole 2C: the split is [0:C], [C:2C].
+            if split is None or int(split.attrs.axis) != 1 or int(split.args[0].ty.shape[1]) != 2 * spec.channels:
+                return None
+            x = split.args[0]
+            concat = self._producer(x, self.ops["concat"])
+            if (concat is not None and int(concat.attrs.axis) == 1 and isinstance(concat.args[0], relax.Tuple)
+                    and [int(f.ty.shape[1]) for f in concat.args[0].fields] == [spec.channels] * 2):
+                return self._fused_call(spec, Fusion("mean", split_input=True), [*concat.args[0].fields, *a[2], *b[2]])
+            return self._fused_call(spec, Fusion("mean"), [x, *a[2], *b[2]])
+
+        def _fuse_residual(self, call):
+            """Add(M, R), M a ``mean`` kernel's result, R of its shape (BiSRNet's block(x) + x) -> the kernel
+            with ``+ R`` (in that operand order)."""
+            for split_input in (False, True):
+                kernel = self._bisr_call(call.args[0], Fusion("mean", split_input=split_input))
+                if kernel is None:
+                    continue
+                spec, xs, params, _ = kernel
+                r = call.args[1]
+                if not isinstance(r.ty, relax.TensorType) or r.ty.dtype != "float32" or \
+                        [int(d) for d in r.ty.shape] != [spec.batch, spec.channels, spec.height, spec.width]:
+                    return None
+                return self._fused_call(spec, Fusion("mean", split_input=split_input, residual=True), [*xs, *params, r])
+            return None
+
+        def _fuse_rprelu(self, call):
+            """Add(PRelu(Add(K, bias_in), slope), bias_out) over channels, K a ``single`` or ``concat`` kernel's
+            result -> the same kernel with the RPReLU in its epilogue."""
+            prelu = self._producer(call.args[0], self.ops["nn.prelu"])
+            if prelu is None or int(prelu.attrs.axis) != 1:
+                return None
+            inner = self._producer(prelu.args[0], self.ops["add"])
+            if inner is None:
+                return None
+            for fusion in (Fusion(), Fusion("concat")):
+                kernel = self._bisr_call(inner.args[0], fusion)
+                if kernel is not None:
+                    break
+            else:
+                return None
+            spec, xs, params, _ = kernel
+            c_out = fusion.output_channels(spec)
+            posts = [inner.args[1], prelu.args[1], call.args[1]]
+            if any(not isinstance(p.ty, relax.TensorType) or p.ty.dtype != "float32"
+                   or [int(d) for d in p.ty.shape] not in ([c_out], [1, c_out, 1, 1], [c_out, 1, 1]) for p in posts):
+                return None
+            posts = [self.builder_.emit(relax.op.reshape(p, (c_out,))) for p in posts]
+            return self._fused_call(spec, Fusion(fusion.combine, post=True), [*xs, *params, *posts])
+
+
+    return FuseBiSRNetPatterns
+
+
+def fuse(mod, state: LoweringState):
+    """The fusion pass (module docstring); a no-op for float (``bitserial=False``) imports."""
+    return run_pass(fusion_class(), mod, state) if state.bitserial else mod

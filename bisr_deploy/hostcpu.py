@@ -1,0 +1,76 @@
+"""This machine: its architecture and CPU features, and the one check that compiled code can run here.
+
+Feature names are Linux's (``/proc/cpuinfo`` flags on x86_64, the ``Features`` names of ``AT_HWCAP`` on
+aarch64). Used by the runtime (before it loads any compiled code), the targets (``native`` builds), emulation
+(is an artifact foreign here?) and the benchmark reports. Needs neither TVM nor the compiler.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from .errors import BisrError
+
+# Bits of the kernel's AT_HWCAP on aarch64, named as /proc/cpuinfo's "Features" line names them.
+_AARCH64_HWCAP = ("fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp",
+                  "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4", "asimddp", "sha512",
+                  "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb", "paca", "pacg")
+
+
+def host_arch() -> str:
+    """This machine's architecture as the first field of a target triple spells it (``x86_64``, ``aarch64``)."""
+    machine = platform.machine()
+    return "aarch64" if machine in ("aarch64", "arm64") else machine
+
+
+def triple_arch(triple: str) -> str:
+    """The architecture field of a target triple (``aarch64-linux-gnu`` -> ``aarch64``)."""
+    return triple.split("-")[0]
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name`` line of ``/proc/cpuinfo``; None where there is none."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def aarch64_cpu_flags() -> set[str]:
+    """Features of this aarch64 CPU from ``getauxval(AT_HWCAP)`` (glibc and Android's bionic). Unlike
+    /proc/cpuinfo, also right under qemu-user, where /proc/cpuinfo is the x86 host's."""
+    import ctypes
+
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    hwcap = getauxval(16)  # AT_HWCAP
+    return {name for bit, name in enumerate(_AARCH64_HWCAP) if hwcap >> bit & 1}
+
+
+def host_cpu_flags() -> set[str]:
+    """The instruction-set flags of this machine (``/proc/cpuinfo``); empty where that file does not exist."""
+    if host_arch() == "aarch64":
+        return aarch64_cpu_flags()
+    return set((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_model_name() -> str:
+    """This machine's CPU model, as /proc/cpuinfo names it (else what ``platform`` knows), for reports."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def check_runnable(triple: str, required_features, where: str = "this artifact") -> None:
+    """Raise ``BisrError`` unless code built for ``triple`` needing ``required_features`` (Linux flag names)
+    runs on this machine: every feature present (checked first), and the same architecture."""
+    host = host_cpu_flags()
+    if not host:
+        raise BisrError(f"cannot read this machine's CPU features (/proc/cpuinfo) to check {where}")
+    missing = sorted(set(required_features) - host)
+    if missing:
+        raise BisrError(f"{where} needs CPU features this machine lacks: {', '.join(missing)}")
+    if triple_arch(triple) != host_arch():
+        raise BisrError(f"{where} was compiled for {triple}, this machine is {host_arch()}")
