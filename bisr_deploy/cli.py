@@ -50,15 +50,20 @@ class BisrGroup(click.Group):
              epilog=f"Named checkpoints for --checkpoint: {', '.join(NAMED_CHECKPOINTS)} (default {DEFAULT_CHECKPOINT}); "
                     "`bisr-deploy info` describes them.")
 @click.version_option(__version__, prog_name="bisr-deploy")
-def main():
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress on stderr (it is shown only on a terminal anyway); results are still printed.")
+def main(quiet):
     """BiSRNet hyperspectral reconstruction: train, export to ONNX, compile with TVM, run, verify, benchmark."""
+    from . import progress
+
+    progress.set_quiet(quiet)
 
 
 def _register():
-    from .commands import bench, convert, estimate, evaluate, export, info, reconstruct, run, train, verify
+    from .commands import bench, convert, estimate, evaluate, export, info, reconstruct, run, simulate, train, verify
     from .commands import compile as compile_cmd
 
-    for command in (reconstruct.reconstruct_command, info.info_command, train.train_command,
+    for command in (simulate.simulate_command, reconstruct.reconstruct_command, info.info_command, train.train_command,
                     evaluate.evaluate_command, export.export_command, compile_cmd.compile_command,
                     run.run_command, verify.verify_command, bench.bench_command, convert.convert_command,
                     estimate.estimate_command):

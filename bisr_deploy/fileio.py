@@ -79,6 +79,26 @@ def check_output(path: str | os.PathLike, what: str = "--output", suffixes: tupl
     return path
 
 
+def check_output_dir(directory: str | os.PathLike, names: tuple[str, ...], inputs: tuple = (),
+                     what: str = "--output-dir") -> Path:
+    """``directory`` as a Path if the files ``names`` may be written into it (``check_output`` on each), or, when
+    it does not exist yet, if it can be created there (``make_output_dir`` does, once the results are ready)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return check_output(directory, what, directory=True)
+    for name in names:
+        check_output(directory / name, what, inputs=inputs)
+    return directory
+
+
+def make_output_dir(directory: Path, what: str = "--output-dir") -> None:
+    """Create ``directory`` and its parents (checked by ``check_output_dir``) unless they exist."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BisrError(f"cannot create {what} {directory}: {exc.strerror or exc}") from exc
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .snapshot import reflect_padding
+
 SIGN_APPROXIMATIONS = ("tanh", "clip", "quad")
 SIGN_ZERO_CONVENTIONS = ("zero", "negative")
 INPUT_MODES = ("sim", "real")
@@ -347,8 +349,9 @@ class BiSRNet(nn.Module):
 
     ``forward(h, mask3d=None)``: h [B, 28, H, W] is the shifted-back input (see ``bisr_deploy.frontend``);
     in simulation mode mask3d [B, 28, H, W] is required and ``fution`` (1x1, 56 -> 28) fuses [h, mask3d];
-    in real mode h goes straight to ``conv_in``. Returns [B, 28, H, W]. Inputs are reflect-padded to a
-    multiple of 8 and the output cropped back, as in the authors' code.
+    in real mode h goes straight to ``conv_in``. Returns [B, 28, H, W]. Inputs are reflect-padded at the
+    bottom and right to a multiple of 8 (``snapshot.reflect_padding``) and the output cropped back, as in the authors'
+    code; H and W must be at least ``snapshot.MIN_SCENE_SIZE``.
     """
 
     def __init__(self, in_channels=28, out_channels=28, n_feat=28, stage=1, num_blocks=(1, 1, 1),
@@ -377,7 +380,7 @@ class BiSRNet(nn.Module):
         else:
             x = h
         h_in, w_in = x.shape[-2:]
-        pad_h, pad_w = (-h_in) % 8, (-w_in) % 8
+        pad_h, pad_w = reflect_padding(h_in, w_in)
         if pad_h or pad_w:
             x = F.pad(x, [0, pad_w, 0, pad_h], mode="reflect")
         x = self.conv_in(x)

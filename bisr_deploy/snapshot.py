@@ -12,6 +12,21 @@ from .errors import BisrError
 
 DEFAULT_STEP = 2
 DEFAULT_BANDS = 28
+PAD_MULTIPLE = 8  # scenes are reflect-padded to a multiple of this, as in the authors' code (the body halves twice)
+MIN_SCENE_SIZE = PAD_MULTIPLE  # reflect padding by up to PAD_MULTIPLE - 1 needs that many rows and columns
+
+
+def reflect_padding(height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) that ``BiSRNet.forward`` reflect-pads below and to the right of an H x W scene."""
+    return (-height) % PAD_MULTIPLE, (-width) % PAD_MULTIPLE
+
+
+def check_scene_size(height: int, width: int, origin: str = "") -> None:
+    """Every scene of at least ``MIN_SCENE_SIZE`` pixels each way runs (the network reflect-pads it to a
+    multiple of ``PAD_MULTIPLE`` and crops the result). Raises ``BisrError``."""
+    if min(height, width) < MIN_SCENE_SIZE:
+        raise BisrError(f"scene size {height} x {width}{origin} is too small: BiSRNet needs at least "
+                        f"{MIN_SCENE_SIZE} x {MIN_SCENE_SIZE}")
 
 
 def scene_width(snap_width: int, n_bands: int = DEFAULT_BANDS, step: int = DEFAULT_STEP) -> int:
@@ -39,8 +54,7 @@ def validate_inputs(measurement: np.ndarray, mask: np.ndarray | None, mode: str,
         raise BisrError("the measurement contains NaN or Inf values (in float32, the network's precision)")
     h, snap_w = measurement.shape
     w = scene_width(snap_w, n_bands, step)
-    if h % 4 or w % 4:
-        raise BisrError(f"scene size {h} x {w} (from snapshot {h} x {snap_w}) must be a multiple of 4 in both directions")
+    check_scene_size(h, w, f" (from snapshot {h} x {snap_w})")
     if mode == "sim":
         if mask is None:
             raise BisrError("this is a simulation-mode checkpoint: give the 2-D coded-aperture mask with --mask")

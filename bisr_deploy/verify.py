@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import progress
 from .artifact import Manifest
 from .cassi import simulate_snapshot
 from .checkpoint import Checkpoint
@@ -141,7 +142,7 @@ class Report:
 
 def crop_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     if mask.shape[0] < height or mask.shape[1] < width:
-        raise BisrError(f"mask {mask.shape} is smaller than the artifact's scene size {height} x {width}")
+        raise BisrError(f"mask {mask.shape} is smaller than the scene size {height} x {width}")
     return np.ascontiguousarray(mask[:height, :width], dtype=np.float32)
 
 
@@ -192,11 +193,12 @@ def mirror_extend(cube: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def synthetic_scenes(count: int, height: int, width: int, aperture: np.ndarray, mode: str) -> list[Scene]:
     """Held-out synthetic scenes (odd seeds; training uses even ones)."""
+    from .data.datasets import heldout_name, heldout_seed
     from .data.synthetic import synthetic_scene
 
     scenes = []
     for i in range(count):
-        scenes.append(_scene(f"synthetic-{2 * i + 1}", synthetic_scene(height, width, 2 * i + 1), aperture, mode))
+        scenes.append(_scene(heldout_name(i), synthetic_scene(height, width, heldout_seed(i)), aperture, mode))
     return scenes
 
 
@@ -247,13 +249,13 @@ def judge(report: Report) -> None:
 
 def torch_outputs(ckpt: Checkpoint, scenes: list[Scene]) -> list[np.ndarray]:
     model = with_negative_sign(ckpt.build_model())
-    return [reconstruct(model, s.measurement, s.mask) for s in scenes]
+    return [reconstruct(model, s.measurement, s.mask) for s in progress.items(scenes, "PyTorch reference, scenes")]
 
 
 def timed_outputs(run, scenes: list[Scene]) -> tuple[list[np.ndarray], list[float]]:
     """Run an in-process artifact on every scene; latency in ms per call."""
     outputs, latencies = [], []
-    for s in scenes:
+    for s in progress.items(scenes, "artifact, scenes"):
         start = time.perf_counter()
         outputs.append(run(s.measurement, s.mask))
         latencies.append((time.perf_counter() - start) * 1e3)
@@ -280,8 +282,9 @@ def layer_agreement(artifact, manifest: Manifest, ckpt: Checkpoint, scene: Scene
         raise BisrError(f"the artifact has no BiSR-Conv named {missing[0]} (and {len(missing) - 1} more): "
                         "was it compiled from this checkpoint?")
     if emulation.is_foreign(manifest):
+        progress.stage(f"running {len(io)} BiSR-Conv layers on the aarch64 artifact under emulation")
         _, outputs = emulation.run_emulated(artifact, [], {name: x for name, (x, _) in io.items()})
     else:
         model = runtime.load(artifact)
-        outputs = {name: model.run_bisrconv(name, x) for name, (x, _) in io.items()}
+        outputs = {name: model.run_bisrconv(name, x) for name, (x, _) in progress.items(io.items(), "BiSR-Conv layers")}
     return {name: agreement(outputs[name], y) for name, (_, y) in io.items()}

@@ -179,3 +179,34 @@ def x86_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("x86-artifact") / "x86"
     build_artifact(export_onnx(SIM_PTH, ARTIFACT_SIZE, ARTIFACT_SIZE), out, resolve_target("x86", "haswell"))
     return out
+
+
+# ---- the native C++ loader (targets/native), built for this host ----
+
+NATIVE_DIR = REPO / "targets" / "native"
+
+
+def host_site() -> str:
+    """The site-packages folder that holds the installed TVM wheels (the native loader links their runtime)."""
+    import tvm
+
+    return os.path.dirname(os.path.dirname(tvm.__file__))
+
+
+def make_native(site, build, cxx):
+    """Build targets/native (bisr_run, libbisr_native) into ``build`` with ``cxx`` against the TVM in ``site``."""
+    subprocess.run(["make", "-s", "-C", str(NATIVE_DIR), f"TVM_SITE={site}", f"BUILD={build}", f"CXX={cxx}"],
+                   check=True, capture_output=True, text=True)
+    return build / "bisr_run"
+
+
+@pytest.fixture(scope="session")
+def native_host(tmp_path_factory):
+    """bisr_run built for this x86_64 host against the installed TVM wheels."""
+    return make_native(host_site(), tmp_path_factory.mktemp("native-host"), "g++")
+
+
+def run_native_host(binary, *args):
+    """The host build as docs/arm.md runs it: no LD_LIBRARY_PATH (the rpath finds the TVM wheels' libraries)."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, env=env)

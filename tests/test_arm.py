@@ -19,42 +19,17 @@ from bisr_deploy import cross, emulation
 from bisr_deploy.errors import BisrError
 
 from .conftest import ARTIFACT_SIZE as SIZE
-from .conftest import EXPECTED, REPO, arm_env_tool
+from .conftest import EXPECTED, NATIVE_DIR, arm_env_tool, host_site, make_native, run_native_host
 
 pytestmark = pytest.mark.needs_tvm
 
-NATIVE_DIR = REPO / "targets" / "native"
 ARM_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
-
-
-def _host_site() -> str:
-    import tvm
-
-    return os.path.dirname(os.path.dirname(tvm.__file__))
-
-
-def _make_native(site, build, cxx):
-    subprocess.run(["make", "-s", "-C", str(NATIVE_DIR), f"TVM_SITE={site}", f"BUILD={build}", f"CXX={cxx}"],
-                   check=True, capture_output=True, text=True)
-    return build / "bisr_run"
 
 
 @pytest.fixture(scope="session")
 def native_arm(arm_env, tmp_path_factory):
     """bisr_run cross-compiled for aarch64 against the emulation environment's TVM runtime."""
-    return _make_native(arm_env.site, tmp_path_factory.mktemp("native-arm"), cross.linux_tool("g++"))
-
-
-@pytest.fixture(scope="session")
-def native_host(tmp_path_factory):
-    """bisr_run built for this x86_64 host against the installed TVM wheels."""
-    return _make_native(_host_site(), tmp_path_factory.mktemp("native-host"), "g++")
-
-
-def run_native_host(binary, *args):
-    site = _host_site()
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{site}/tvm/lib:{site}/tvm_ffi/lib"}
-    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, env=env)
+    return make_native(arm_env.site, tmp_path_factory.mktemp("native-arm"), cross.linux_tool("g++"))
 
 
 EM_X86_64, EM_AARCH64 = 62, 183
@@ -290,6 +265,13 @@ def test_native_loader_on_x86_equals_python_loader(native_host, x86_artifact, x8
     proc = run_native_host(native_host, x86_artifact, d / "snapshot.npy", d / "mask.npy", tmp_path / "cube.npy")
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "cube.npy"), x86_cube)
+    # Fortran-order inputs (what MATLAB-minded writers and np.asfortranarray produce) read as the same arrays
+    for name in ("snapshot", "mask"):
+        np.save(tmp_path / f"{name}-f.npy", np.asfortranarray(np.load(d / f"{name}.npy")))
+        assert np.load(tmp_path / f"{name}-f.npy").flags.f_contiguous
+    proc = run_native_host(native_host, x86_artifact, tmp_path / "snapshot-f.npy", tmp_path / "mask-f.npy", tmp_path / "cube-f.npy")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "cube-f.npy"), x86_cube)
 
 
 def test_native_loader_refusals(native_host, x86_artifact, arm_artifact, scene, tmp_path):
@@ -356,10 +338,10 @@ public class Main {  // Main ARTIFACT MEASUREMENT.f32 MASK.f32 CUBE.f32 (raw lit
 @pytest.mark.needs_tool("javac", "java")
 def test_jni_binding_on_x86_equals_python_loader(native_host, x86_artifact, x86_cube, scene, tmp_path):
     """org.bisr.BisrNative (the Android binding of docs/arm.md) on the host JVM, through libbisr_jni."""
-    javac = shutil.which("javac")
+    javac, java = shutil.which("javac"), shutil.which("java")
     java_home = os.path.dirname(os.path.dirname(os.path.realpath(javac)))
     build = native_host.parent
-    subprocess.run(["make", "-s", "-C", str(NATIVE_DIR), f"TVM_SITE={_host_site()}", f"BUILD={build}", "jni",
+    subprocess.run(["make", "-s", "-C", str(NATIVE_DIR), f"TVM_SITE={host_site()}", f"BUILD={build}", "jni",
                     f"JNI_CFLAGS=-I{java_home}/include -I{java_home}/include/linux"], check=True, capture_output=True)
     (tmp_path / "Main.java").write_text(JAVA_MAIN)
     subprocess.run([javac, "-d", str(tmp_path / "classes"), str(tmp_path / "Main.java"),
@@ -367,7 +349,7 @@ def test_jni_binding_on_x86_equals_python_loader(native_host, x86_artifact, x86_
     _, snapshot, mask, _ = scene
     snapshot.astype("<f4").tofile(tmp_path / "y.f32")
     mask.astype("<f4").tofile(tmp_path / "mask.f32")
-    site = _host_site()
+    site = host_site()
     command = [java, f"-Djava.library.path={build}:{site}/tvm/lib:{site}/tvm_ffi/lib", "-cp", str(tmp_path / "classes"),
                "Main", str(x86_artifact)]
     proc = subprocess.run(command + [tmp_path / "y.f32", tmp_path / "mask.f32", tmp_path / "cube.f32"],

@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from bisr_deploy.cassi import simulate_snapshot
 from bisr_deploy.bitpack import pack_sign_bits, packed_row_bytes, unpack_sign_bits
 from bisr_deploy.cli import main
 from bisr_deploy.errors import BisrError
@@ -20,7 +21,7 @@ from bisr_deploy.fileio import load_array
 from bisr_deploy.frontend import SnapshotFrontend
 from bisr_deploy.metrics import psnr
 from bisr_deploy.model import BiSRConv
-from bisr_deploy.reconstruct import reconstruct
+from bisr_deploy.reconstruct import bisr_conv_io, reconstruct
 
 from .conftest import CAVE_SCENES, REAL_SCENES, SIM_PTH, STANDARD_MASK
 
@@ -248,11 +249,32 @@ def test_mode_override_and_sizes(sim_checkpoint):
     real_view = export_onnx(SIM_PTH, 64, 32, mode="real")
     assert [i.name for i in real_view.graph.input] == ["measurement"]
     assert [d.dim_value for d in real_view.graph.output[0].type.tensor_type.shape.dim] == [1, 28, 64, 32]
-    for h, w in [(100, 64), (64, 60), (0, 64), (4, 64)]:
-        with pytest.raises(BisrError, match="multiple of 8"):
+    for h, w in [(0, 64), (4, 64), (64, 7)]:
+        with pytest.raises(BisrError, match=f"scene size {h} x {w} is too small: BiSRNet needs at least 8 x 8"):
             export_onnx(sim_checkpoint, h, w)
     with pytest.raises(BisrError, match="cannot be exported in real mode"):
         export_onnx(sim_checkpoint, 64, 64, mode="real")
+
+
+@pytest.mark.parametrize("height, width", [(37, 45), (64, 56)])
+def test_sizes_not_multiple_of_8_pad_inside_the_graph(sim_checkpoint, kaist, height, width):
+    """Reflect padding before conv_in and the crop after the residual are in the graph exactly where
+    BiSRNet.forward has them: conv_in sees the same padded tensor and the cube stays within the parity bound."""
+    cube, mask = kaist
+    cube, mask = np.ascontiguousarray(cube[:, :height, :width]), np.ascontiguousarray(mask[:height, :width])
+    meas = simulate_snapshot(torch.from_numpy(cube)[None], torch.from_numpy(mask))[0].numpy()
+    model = export_onnx(sim_checkpoint, height, width)
+    ops = [node.op_type for node in model.graph.node]
+    padded = height % 8 or width % 8
+    assert ops.count("Pad") == ops.count("Slice") - 28 == (1 if padded else 0)  # 28 band crops in the frontend
+    torch_model = with_negative_sign(sim_checkpoint.build_model())
+    padded_input = bisr_conv_io(torch_model, meas, mask)["body.0.embedding"][0].numpy()  # conv_in's output
+    assert padded_input.shape == (1, 28, -(-height // 8) * 8, -(-width // 8) * 8)
+    out, conv_in = ort_session(_with_outputs(model, ["conv_in"])).run(
+        ["cube", "conv_in"], {"measurement": meas[None], "mask": mask[None]})
+    np.testing.assert_allclose(conv_in, padded_input, rtol=0, atol=1e-5)
+    assert out.shape == (1, 28, height, width)
+    assert psnr(out[0], reconstruct(torch_model, meas, mask)) > 35.0  # sign flips only (README)
 
 
 def _invoke(*args):
@@ -299,8 +321,8 @@ def test_cli_bad_input(tmp_path):
     blocker.write_text("x")
     cases = [["--checkpoint", c, "--output", out_dir / "m.onnx"] for c in _foreign_checkpoints(tmp_path)]
     cases += [
-        ["--checkpoint", SIM_PTH, "--output", out_dir / "m.onnx", "--height", 100],
-        ["--checkpoint", SIM_PTH, "--output", out_dir / "m.onnx", "--width", 250],
+        ["--checkpoint", SIM_PTH, "--output", out_dir / "m.onnx", "--height", 4],
+        ["--checkpoint", SIM_PTH, "--output", out_dir / "m.onnx", "--width", 0],
         ["--checkpoint", SIM_PTH, "--output", blocker / "m.onnx", "--height", 64, "--width", 64],
         ["--checkpoint", SIM_PTH, "--output", out_dir, "--height", 64, "--width", 64],
         ["--checkpoint", tmp_path / "nope.pth", "--output", out_dir / "m.onnx"],

@@ -33,8 +33,7 @@ from bisr_deploy.cli import main
 from bisr_deploy.errors import BisrError
 from bisr_deploy.fileio import atomic_directory, atomic_output, load_array, save_array
 
-from .conftest import ARTIFACT_SIZE, REPO, SIM_PTH
-from .test_arm import native_host  # noqa: F401 - the fixture: bisr_run and libbisr_native for this host
+from .conftest import ARTIFACT_SIZE, NATIVE_DIR, REPO, SIM_PTH, host_site, run_native_host
 
 SIZE = ARTIFACT_SIZE
 
@@ -517,9 +516,7 @@ int main(int argc, char** argv) {  // ARTIFACT MEASUREMENT.f32 MASK.f32 -> "runs
 
 
 def test_three_threads_on_one_native_handle_give_the_serial_cubes(native_host, x86_artifact, inputs64, tmp_path):
-    from .test_arm import NATIVE_DIR, _host_site, run_native_host
-
-    build, site = native_host.parent, _host_site()
+    build, site = native_host.parent, host_site()
     (tmp_path / "threads.cc").write_text(THREADS_CC)
     subprocess.run(["g++", "-std=c++17", "-O1", "-pthread", f"-I{NATIVE_DIR}", "-o", str(tmp_path / "threads"),
                     str(tmp_path / "threads.cc"), f"-L{build}", "-lbisr_native", f"-L{site}/tvm/lib", f"-L{site}/tvm_ffi/lib",

@@ -64,6 +64,7 @@ def test_manifest_contents(built):
     for name, record in manifest["files"].items():
         assert file_sha256(built / name) == record["sha256"]
     assert not [p for p in built.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    assert built.stat().st_mode & 0o777 == 0o755  # world-readable like other build outputs, not mkdtemp's 0700
 
 
 def test_reconstruction_quality_close_to_pytorch(built):
@@ -178,9 +179,10 @@ def test_bench_command_reports(built, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["bench", "--checkpoint", str(SIM_PTH), "--artifact", str(built), "--height", "64",
                                   "--width", "64", "--repeat", "2", "--skip", "tvm-fp32", "--skip", "pytorch-eager",
-                                  "--output-dir", str(tmp_path)])
+                                  "--output-dir", str(tmp_path / "new" / "bench")])  # created with its parent
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "bench.json").read_text())
+    out = tmp_path / "new" / "bench"
+    report = json.loads((out / "bench.json").read_text())
     backends = {(r["backend"], r["threads"]) for r in report["results"]}
     assert ("compiled", 1) in backends and ("onnxruntime-fp32", 1) in backends
     assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in report["results"])
@@ -195,12 +197,15 @@ def test_bench_command_reports(built, tmp_path):
         [row["function"] for row in report["layers"] if row["kind"] in ("bisrconv", "conv2d", "upsample2x")]
     assert all(row["ms"] > 0 for row in network) and set(report["network_layers_by_kind_ms"]) >= {"bisrconv", "conv2d"}
     assert "compiled@1" in report["speedups_vs_onnxruntime"]
-    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| compiled | 1 |" in (tmp_path / "bench.md").read_text()
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| compiled | 1 |" in (out / "bench.md").read_text()
     # An artifact of another size is refused: it was not compiled from this model.
     bad = runner.invoke(main, ["bench", "--checkpoint", str(SIM_PTH), "--artifact", str(built), "--height", "32",
                                "--width", "32", "--skip", "tvm-fp32", "--skip", "pytorch-eager", "--output-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "not compiled from this checkpoint at 32 x 32" in bad.output
+    (tmp_path / "file").write_text("x")
+    bad = runner.invoke(main, ["bench", "--artifact", str(built), "--output-dir", str(tmp_path / "file" / "sub")])
+    assert bad.exit_code == 2 and f"--output-dir {tmp_path / 'file' / 'sub'}: directory {tmp_path / 'file'} does not exist" in bad.output
 
 
 def test_compile_real_mode_onnx_file(tmp_path):

@@ -217,10 +217,10 @@ def test_evaluate_command_reproduces_the_authors_kaist_score(tmp_path):
                                        "--size", "64", "--output", str(out)])
     assert result.exit_code == 0, result.output
     rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in result.output.splitlines()[2:]}
-    assert set(rows) == {"kaist_crop128.npz", "synthetic-1", "synthetic-3", "**synthetic mean**"}
+    assert set(rows) == {"kaist_crop128.npz", "synthetic-seed1", "synthetic-seed3", "**synthetic mean**"}
     assert abs(float(rows["kaist_crop128.npz"][0]) - 29.10) < 0.1  # the reference figure in ../shared/data/README.md
     assert 0.80 < float(rows["kaist_crop128.npz"][1]) < 0.86
-    mean = (float(rows["synthetic-1"][0]) + float(rows["synthetic-3"][0])) / 2
+    mean = (float(rows["synthetic-seed1"][0]) + float(rows["synthetic-seed3"][0])) / 2
     assert abs(float(rows["**synthetic mean**"][0]) - mean) < 0.006
     assert out.read_text().strip() == result.output.strip()
     bad = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(SIM_PTH)])
@@ -241,3 +241,15 @@ def test_shipped_checkpoint_is_this_trainers_output(kaist, kaist_snapshot):
     cube, mask = kaist
     score = psnr(reconstruct(ckpt.build_model(), kaist_snapshot, mask), cube)
     assert abs(score - 20.05) < 0.3, score
+
+
+def test_threads_per_process_share_the_cores():
+    from bisr_deploy.train.distributed import threads_per_process
+
+    assert threads_per_process(0, 1, 8) == (8, None)
+    assert threads_per_process(0, 2, 2) == (1, None)
+    assert threads_per_process(0, 4, 2) == (1, None)  # never 0
+    assert threads_per_process(3, 2, 8) == (3, None)  # an explicit value that fits wins
+    threads, warning = threads_per_process(2, 2, 2)  # train-small's old 2 under torchrun on 2 cores: 530 s vs 58 s
+    assert threads == 1
+    assert warning == "warning: train.threads = 2 x 2 processes exceeds the 2 cores; using 1 thread(s) per process"

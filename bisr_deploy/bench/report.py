@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..fileio import atomic_output
+from ..fileio import atomic_output, make_output_dir
 
 REPORT_FILES = ("bench.json", "bench.md", "bench.png")  # written into the output directory
+RSS_NOTE = ("RSS rise: growth of the process's peak resident memory during a backend's first (warm-up) call at that "
+            "thread count; memory an earlier row already allocated is not counted again, so later rows read near 0.")
 
 
 def _speedups(report) -> dict:
@@ -25,7 +27,7 @@ def _markdown(report) -> str:
     lines = [f"# bisr-deploy bench: {report['size'][0]} x {report['size'][1]} {report['mode']}-mode reconstruction", "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores ({report['machine']['platform']}); "
              f"TVM target {json.dumps(report['target'])}.", "",
-             "| backend | threads | median ms | min ms | max ms | IQR ms | peak RSS rise MiB | speed-up vs ORT |",
+             "| backend | threads | median ms | min ms | max ms | IQR ms | RSS rise MiB | speed-up vs ORT |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     speed = report["speedups_vs_onnxruntime"]
     for r in report["results"]:
@@ -33,6 +35,7 @@ def _markdown(report) -> str:
         sp = speed.get(f"{r['backend']}@{r['threads']}", 1.0 if r["backend"] == "onnxruntime-fp32" else None)
         lines.append(f"| {r['backend']} | {r['threads']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} | "
                      f"{r['iqr_ms']:.1f} | {peak} | {'' if sp is None else f'{sp:.2f}x'} |")
+    lines += ["", RSS_NOTE]
     if "artifact_bytes" in report:
         lines += ["", f"Artifact size: {report['artifact_bytes'] / 1e6:.2f} MB."]
     if "layers" in report:
@@ -95,16 +98,18 @@ def write_reports(report: dict, out_dir: Path) -> list[str]:
     """Add the speed-ups to ``report``, write bench.json, bench.md and bench.png into ``out_dir`` (atomically);
     return the console summary lines."""
     report["speedups_vs_onnxruntime"] = _speedups(report)
+    make_output_dir(out_dir)
     json_path, md_path, png_path = (out_dir / name for name in REPORT_FILES)
     with atomic_output(json_path) as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
     with atomic_output(md_path) as tmp:
         Path(tmp).write_text(_markdown(report))
     _plot(report, png_path)
-    lines = [f"{'backend':<18}{'threads':>8}{'median ms':>12}{'min':>9}{'max':>9}{'peak MiB':>10}"]
+    lines = [f"{'backend':<18}{'threads':>8}{'median ms':>12}{'min ms':>9}{'max ms':>9}{'RSS rise MiB':>14}"]
     for r in report["results"]:
         peak = f"{r['peak_mib']:.1f}" if r["peak_mib"] is not None else "n/a"
-        lines.append(f"{r['backend']:<18}{r['threads']:>8}{r['median_ms']:>12.1f}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{peak:>10}")
+        lines.append(f"{r['backend']:<18}{r['threads']:>8}{r['median_ms']:>12.1f}{r['min_ms']:>9.1f}{r['max_ms']:>9.1f}{peak:>14}")
+    lines.append(RSS_NOTE)
     if "layers_by_kind_ms" in report:
         lines.append("per-kernel totals (1 thread): " + ", ".join(f"{k} {v:.1f} ms" for k, v in report["layers_by_kind_ms"].items()))
     if "artifact_bytes" in report:

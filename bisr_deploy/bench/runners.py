@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import progress
+
 
 @dataclass
 class Measurement:
@@ -76,9 +78,10 @@ def peak_rise_mib(fn) -> float | None:
 def measure_interleaved(fns: dict, threads: int, repeat: int) -> list[Measurement]:
     """Warm up each backend once (recording its peak-RSS rise), then time ``repeat`` rounds in which every
     backend runs once in turn, so that load from other processes hits all backends alike."""
+    progress.stage(f"warming up {', '.join(fns)} at {threads} thread(s)")
     peaks = {name: peak_rise_mib(fn) for name, fn in fns.items()}
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
+    for _ in progress.items(range(repeat), f"timed rounds at {threads} thread(s)"):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()

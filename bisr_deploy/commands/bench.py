@@ -14,9 +14,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .. import progress
 from ..bench.report import REPORT_FILES
+from ..compile.targets import TARGETS
 from ..errors import BisrError
-from ..fileio import check_output
+from ..fileio import check_output_dir
 from ..hostcpu import cpu_model_name
 from . import checkpoint_option
 
@@ -41,13 +43,17 @@ def bench_inputs(height: int, width: int, mode: str, seed: int = 0):
 @checkpoint_option("The model to benchmark")
 @click.option("--artifact", type=click.Path(file_okay=False), default=None,
               help="A compiled artifact of the same checkpoint and size (default: compile one now).")
-@click.option("--height", type=int, default=256, show_default=True)
-@click.option("--width", type=int, default=256, show_default=True)
+@click.option("--height", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Scene height in pixels (a given --artifact must have been compiled at this size).")
+@click.option("--width", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Scene width in pixels (a given --artifact must have been compiled at this size).")
 @click.option("--mode", type=click.Choice(["sim", "real"]), default=None, help="Input mode of an authors' .pth.")
-@click.option("--cpu", default="native", show_default=True, help="x86 cpu for compiling (see `compile --cpu`).")
+@click.option("--cpu", type=click.Choice(list(TARGETS["x86"].cpus)), default="native", show_default=True,
+              help="x86 instruction set when bench compiles the artifact itself (as `compile --cpu`).")
 @click.option("--repeat", type=int, default=5, show_default=True, help="Timed calls per backend and thread count.")
 @click.option("--skip", multiple=True, type=click.Choice(BACKENDS), help="Leave a backend out (repeatable).")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where to write the reports.")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for bench.json, bench.md and bench.png (created if missing).")
 def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, skip, output_dir):
     """Latency, memory and per-layer times of one reconstruction on every backend."""
     from ..runtime import default_threads
@@ -64,10 +70,7 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
     from ..runtime import load, set_num_threads
 
     out_dir = Path(output_dir)
-    if not out_dir.is_dir():
-        raise BisrError(f"--output-dir {out_dir} does not exist")
-    for name in REPORT_FILES:  # bisr_deploy.bench.report writes these
-        check_output(out_dir / name, "--output-dir", inputs=(checkpoint_path,))
+    check_output_dir(out_dir, REPORT_FILES, inputs=(checkpoint_path,))
     if repeat < 1:
         raise BisrError("--repeat must be at least 1")
     ckpt = load_checkpoint(checkpoint_path, mode)
@@ -114,6 +117,7 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
             report["results"] += [m.as_dict() for m in measure_interleaved(fns, threads, repeat)]
         set_num_threads(1)
         if "compiled" not in skip:
+            progress.stage("timing every kernel call of the artifact")
             rows = profile_calls(import_onnx(onnx_model, target.schedule), target, repeat=max(3, repeat))
             report["layers"] = rows
             report["layers_by_kind_ms"] = summarize(rows)

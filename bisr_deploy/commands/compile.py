@@ -8,6 +8,7 @@ import click
 
 from ..fileio import file_sha256
 from ..compile.targets import ALL_CPUS, TARGETS
+from .. import progress
 from ..errors import BisrError
 from . import checkpoint_option
 
@@ -33,6 +34,7 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
     from ..checkpoint import resolve_checkpoint
     from ..export import export_onnx
 
+    progress.stage(f"exporting the checkpoint to ONNX at {height or 256} x {width or 256}")
     model = export_onnx(checkpoint_path, height or 256, width or 256, mode)
     path = resolve_checkpoint(checkpoint_path)
     return model, {"checkpoint": os.path.basename(str(path)), "checkpoint_sha256": file_sha256(path)}

@@ -13,7 +13,7 @@ import click
 
 from ..checkpoint import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS
 from ..data.config import DataConfig
-from ..data.datasets import heldout_synthetic, load_cube
+from ..data.datasets import heldout_name, heldout_synthetic, load_cube
 from ..data.synthetic import generated_mask
 from ..errors import BisrError
 from ..fileio import atomic_output, check_output, load_array
@@ -47,7 +47,7 @@ def evaluate_command(checkpoints, scene_paths, keys, synthetic, size, mask_path,
     scenes = [scene_with_mask(Path(p).name, load_cube(p, data), mask) for p in scene_paths]
     synthetic_names = []
     for i, cube in enumerate(heldout_synthetic(synthetic, size)):
-        synthetic_names.append(f"synthetic-{2 * i + 1}")
+        synthetic_names.append(heldout_name(i))
         scenes.append(scene_with_mask(synthetic_names[-1], cube, mask))
     table = markdown_table(score(labelled, scenes), {"synthetic mean": synthetic_names})
     click.echo(table)

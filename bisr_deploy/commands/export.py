@@ -11,8 +11,8 @@ from . import checkpoint_option
 @click.command("export")
 @checkpoint_option("The model to export")
 @click.option("--output", required=True, type=click.Path(), help="The ONNX file to write (atomically).")
-@click.option("--height", default=256, show_default=True, type=int, help="Scene height (multiple of 8).")
-@click.option("--width", default=256, show_default=True, type=int, help="Scene width (multiple of 8).")
+@click.option("--height", default=256, show_default=True, type=int, help="Scene height in pixels (at least 8).")
+@click.option("--width", default=256, show_default=True, type=int, help="Scene width in pixels (at least 8).")
 @click.option("--mode", type=click.Choice(["sim", "real"]), default=None,
               help="Input mode of an authors' .pth (inferred from the file by default).")
 def export_command(checkpoint_path, output, height, width, mode):

@@ -18,7 +18,9 @@ from ..train.trainer import Trainer
               help="TOML config with [model], [data], [train] tables (default: all defaults).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one config value (TOML syntax), e.g. --set train.epochs=3. Repeatable.")
-@click.option("--output-dir", default=None, help="Shorthand for --set train.output_dir=DIR.")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder (created; refused if it already holds a run, unless --resume); "
+                   "shorthand for --set train.output_dir=DIR.")
 @click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last training state.")
 @click.option("--init", "init_path", type=click.Path(dir_okay=False), default=None,
               help="Start from these weights (project .safetensors or authors' .pth of the same architecture).")

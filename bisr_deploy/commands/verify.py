@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .. import progress
 from .. import verify as v
 from ..artifact import Manifest, read_manifest
 from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
@@ -74,6 +75,7 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
 
     only = [s for _, s in scenes]
     if emulation.is_foreign(manifest):
+        progress.stage(f"running {len(only)} scenes on the aarch64 artifact under emulation")
         outputs = emulation.run_artifact_many(artifact, [(s.measurement, s.mask) for s in only])
         latencies = [None] * len(only)
     else:
@@ -114,14 +116,22 @@ def _fmt(value, spec):
 
 
 def _print_table(report: v.Report) -> None:
-    click.echo(f"{'scene':<43} {'kind':<13} {'vs PyTorch dB':>13} {'SSIM':>7} {'truth dB art':>13} "
-               f"{'truth dB torch':>14} {'gap dB':>7} {'ms':>8}")
+    """Scenes with their PSNR/SSIM of the artifact against PyTorch's output and (when known) of both against
+    ground truth; then the per-layer agreement."""
+    click.echo(f"{'':<43} {'':<13} {'artifact vs PyTorch':^21} {'PSNR vs ground truth (dB)':^37} {'time':>8}")
+    click.echo(f"{'scene':<43} {'kind':<13} {'PSNR dB':>13} {'SSIM':>7} {'artifact':>13} "
+               f"{'PyTorch':>14} {'art-PyT':>7} {'ms':>8}")
     for r in report.scenes:
         click.echo(f"{r.name[:43]:<43} {r.kind:<13} {_fmt(r.psnr_vs_torch, '13.2f')} {_fmt(r.ssim_vs_torch, '7.4f')} "
                    f"{_fmt(r.psnr_truth_artifact, '13.3f')} {_fmt(r.psnr_truth_torch, '14.3f')} "
                    f"{_fmt(r.psnr_gap, '+7.3f')} {_fmt(r.latency_ms, '8.1f')}")
     if report.layers:
         worst = min(report.layers, key=report.layers.get)
-        click.echo(f"per-layer agreement: {len(report.layers)} BiSR-Convs, worst {report.layers[worst]:.5%} ({worst})")
+        if report.layers[worst] == 1.0:
+            click.echo(f"per-layer agreement: all {len(report.layers)} BiSR-Convs reproduce PyTorch's output on its own "
+                       "input, every element")
+        else:
+            click.echo(f"per-layer agreement: {len(report.layers)} BiSR-Convs; the worst, {worst}, reproduces "
+                       f"{report.layers[worst]:.5%} of PyTorch's output elements (criterion >= {v.LAYER_MIN_AGREEMENT:.1%})")
     for note in report.skipped:
         click.echo(f"skipped {note}")

@@ -11,7 +11,7 @@ import os
 
 import onnx
 
-from .. import __version__, artifact
+from .. import __version__, artifact, progress
 from ..artifact import LayerRecord, Manifest, TargetRecord, TensorRecord
 from ..errors import BisrError
 from .onnx_import import ImportedModel, import_onnx
@@ -23,7 +23,9 @@ def compile_module(model: onnx.ModelProto, target: CompileTarget, bitserial: boo
     """ONNX -> (ImportedModel, TVM executable). ``bitserial=False`` keeps BiSRConv in float32 ops."""
     import tvm
 
+    progress.stage("importing the ONNX graph into TVM")
     imported = import_onnx(model, target.schedule, bitserial=bitserial, schedule_float=schedule_float)
+    progress.stage(f"compiling {len(imported.layers)} kernels and the graph for {target.triple} (TVM, the longest step)")
     try:
         executable = tvm.compile(imported.mod, target=tvm.target.Target(target.tvm_target),
                                  relax_pipeline=cpu_pipeline(target))
@@ -88,6 +90,7 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
     )
 
     def write_library(path):
+        progress.stage(f"linking {path.name} and writing {output}")
         executable.export_library(str(path), fcompile=fcompile_for(target))  # cross linker for ARM
 
     return artifact.write(output, manifest, write_library, [array for _, array in imported.params], onnx_bytes)

@@ -176,9 +176,19 @@ class SampleMaker:
         return tuple(torch.from_numpy(np.stack(p)) for p in zip(*parts))
 
 
+def heldout_seed(index: int) -> int:
+    """The seed of held-out synthetic scene ``index`` (0, 1, ...): odd seeds 1, 3, 5, ... (training uses even ones)."""
+    return 2 * index + 1
+
+
+def heldout_name(index: int) -> str:
+    """The report name of held-out synthetic scene ``index``: its seed, so that 1, 3, 5 read as seeds."""
+    return f"synthetic-seed{heldout_seed(index)}"
+
+
 def heldout_synthetic(count: int, size: int) -> list[np.ndarray]:
-    """Held-out synthetic scenes [28, size, size]: odd seeds 1, 3, 5, ... (training uses even seeds)."""
-    return [synthetic_scene(size, size, 2 * i + 1) for i in range(count)]
+    """Held-out synthetic scenes [28, size, size] (``heldout_seed``)."""
+    return [synthetic_scene(size, size, heldout_seed(i)) for i in range(count)]
 
 
 def validation_set(config: DataConfig, mask: np.ndarray, noisy: bool) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
@@ -187,7 +197,7 @@ def validation_set(config: DataConfig, mask: np.ndarray, noisy: bool) -> list[tu
     if min(mask.shape) < size:
         raise BisrError(f"mask {mask.shape} is smaller than data.val_size {size}")
     crop_mask = np.ascontiguousarray(mask[:size, :size])
-    scenes = [(f"synthetic-{2 * i + 1}", cube) for i, cube in enumerate(heldout_synthetic(config.val_synthetic, size))]
+    scenes = [(heldout_name(i), cube) for i, cube in enumerate(heldout_synthetic(config.val_synthetic, size))]
     for folder in config.val_folders:
         scenes += [(name, np.ascontiguousarray(cube[:, :size, :size])) for name, cube in load_folder(folder, config, size)]
     rng = np.random.default_rng([0x7A1, 0])

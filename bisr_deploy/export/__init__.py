@@ -3,7 +3,7 @@
 API:
     export_onnx(checkpoint=None, height=256, width=256, mode=None) -> onnx.ModelProto
         checkpoint: path of a project .safetensors or an authors' .pth, a checkpoint name, None (the default checkpoint),
-        a loaded ``Checkpoint`` or a ``BiSRNet``; H, W: positive multiples of 8; mode: "sim" | "real" to
+        a loaded ``Checkpoint`` or a ``BiSRNet``; H, W: any scene size from 8 x 8 up; mode: "sim" | "real" to
         override an authors' file's inferred input mode. Raises ``BisrError`` for bad input.
     save_onnx(model, path) -> int        atomic write, returns the size in bytes.
     strip_custom_ops(model, "Identity")  the graph with each BiSRConv node replaced (for importers without it).
@@ -20,6 +20,9 @@ Graph conventions (every deployed form has this interface):
   [0, 1], so apps feed raw sensor data.
 - default opset 18 plus the custom domain v1 (``bisrconv_op.opset_imports``); every BiSRConv module is one
   BiSRConv custom node whose model-local FunctionProto (standard ops only) lets stock ONNX Runtime run the file.
+- any H x W: sizes that are not multiples of 8 are reflect-padded below and to the right inside the graph
+  (``Pad`` before ``conv_in``) and the output is cropped back (``Slice``), as the PyTorch model does, so the
+  compiled kernels run at the padded size and the interface is the scene size.
 - all shapes static (value_info for every tensor), no Tanh/Reshape/Shape in the main graph, N = 1.
 - names: nodes and their output tensors are PyTorch module paths (``body.0.encoder_layers.0.1.biconv_1``);
   initializers are state-dict names (``conv_in.weight``) or ``<BiSRConv path>.<op input name>``

@@ -13,18 +13,11 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import BisrError
 from ..fileio import atomic_output
 from ..model import BiSRNet
+from ..snapshot import check_scene_size
 from .clean import annotate_shapes, inference_problems
 from .graph import build_graph
 
 IR_VERSION = 10
-SIZE_MULTIPLE = 8
-
-
-def check_size(height: int, width: int) -> None:
-    """H and W must be positive multiples of 8 (the graph has no reflect padding). Raises ``BisrError``."""
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
-            raise BisrError(f"{name} {value} must be a positive multiple of {SIZE_MULTIPLE}")
 
 
 def _as_model(checkpoint, mode: str | None) -> tuple[BiSRNet, dict]:
@@ -42,7 +35,7 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint | BiSRNet | None = No
                 width: int = 256, mode: str | None = None) -> onnx.ModelProto:
     """Export ``checkpoint`` (a path or name, ``None`` = the default checkpoint, a loaded ``Checkpoint`` or a ``BiSRNet``)
     for H x W scenes. ``mode`` overrides an authors' file's inferred input mode. Raises ``BisrError``."""
-    check_size(height, width)
+    check_scene_size(height, width)
     model, provenance = _as_model(checkpoint, mode)
     graph = build_graph(model, height, width)
     onnx_model = helper.make_model(

@@ -22,6 +22,7 @@ from ..bitpack import pack_sign_bits
 from ..frontend import REAL_PEAK
 from ..model import (BinaryDownsample, BinaryFusionDown, BinaryFusionUp, BinaryUpsample, BiSRConv, BiSRNet,
                      ConvBlock, FeedForward, RPReLU, UBody)
+from ..snapshot import reflect_padding
 
 
 def _array(tensor, shape=None) -> np.ndarray:
@@ -195,9 +196,22 @@ class GraphBuilder:
             bands.append(self.op("Slice", [y4, start, end, axes], f"frontend.crop_{c}"))
         return self.op("Concat", bands, "frontend.shift_back", axis=1)
 
+    # ---- sizes that are not multiples of 8 ----------------------------------------------------------------
+    def reflect_pad(self, x: str, pad_h: int, pad_w: int) -> str:
+        """[1, C, H, W] -> [1, C, H + pad_h, W + pad_w], reflected below and to the right (``F.pad`` reflect)."""
+        pads = self.init("reflect_pad.pads", np.array([0, 0, 0, 0, 0, 0, pad_h, pad_w], dtype=np.int64))
+        return self.op("Pad", [x, pads], "reflect_pad", mode="reflect")
+
+    def crop(self, x: str, height: int, width: int, output: str) -> str:
+        """The top-left H x W of [1, C, H', W'] (undoes ``reflect_pad``)."""
+        starts = self.init("crop.starts", np.array([0, 0], dtype=np.int64))
+        ends = self.init("crop.ends", np.array([height, width], dtype=np.int64))
+        axes = self.init("crop.axes", np.array([2, 3], dtype=np.int64))
+        return self.op("Slice", [x, starts, ends, axes], "crop", output)
+
 
 def build_graph(model: BiSRNet, height: int, width: int, step: int = 2) -> onnx.GraphProto:
-    """The inference graph of ``model`` for one H x W scene (H, W multiples of 8; checked by the caller)."""
+    """The inference graph of ``model`` for one H x W scene (at least 8 x 8; checked by the caller)."""
     b = GraphBuilder()
     c = model.n_bands
     snap_width = width + step * (c - 1)
@@ -222,15 +236,19 @@ def build_graph(model: BiSRNet, height: int, width: int, step: int = 2) -> onnx.
         y = b.op("Mul", [y, b.scalar("frontend.peak", REAL_PEAK, np.float64)], "frontend.scale")
         y = b.op("Cast", [y], "frontend.to_float32", to=TensorProto.FLOAT)
         x = b.shifted_crops(y, band_axis, c, step, width)
+    pad_h, pad_w = reflect_padding(height, width)
+    if pad_h or pad_w:
+        x = b.reflect_pad(x, pad_h, pad_w)
     x = b.conv(model.conv_in, "conv_in", x)
     fea = x
     for index, body in enumerate(model.body):
         fea = b.ubody(body, f"body.{index}", fea)
     fea = b.conv(model.conv_out, "conv_out", fea)
-    if model.mode == "sim":
-        b.op("Add", [fea, x], "residual", output="cube")
-    else:
-        out = b.op("Add", [fea, x], "residual")
+    padded = pad_h or pad_w
+    out = b.op("Add", [fea, x], "residual", output=None if padded or model.mode == "real" else "cube")
+    if padded:
+        out = b.crop(out, height, width, output=None if model.mode == "real" else "cube")
+    if model.mode == "real":
         b.op("Clip", [out, b.scalar("output.min", 0.0), b.scalar("output.max", 1.0)], "output_clamp", output="cube")
     outputs = [helper.make_tensor_value_info("cube", TensorProto.FLOAT, [1, c, height, width])]
     return helper.make_graph(b.nodes, "bisrnet", inputs, outputs, b.initializers)

@@ -27,12 +27,12 @@ class TrainSettings:
     lr: float = 4e-4
     lr_min: float = 1e-6  # cosine annealing floor, reached at the last step
     seed: int = 0
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    threads: int = 0  # torch intra-op threads per process; 0 = cores / processes (distributed.threads_per_process)
     checkpoint_every: int = 50  # steps between checkpoint + training-state writes (also at each epoch end)
     val_every: int = 1  # epochs between validations
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
     device: str = "auto"  # auto | cpu | cuda
-    progress: bool = True  # tqdm progress bar on rank 0
+    progress: bool = True  # tqdm progress bar on rank 0 (on a terminal, without bisr-deploy --quiet)
 
 
 @dataclass

@@ -44,6 +44,25 @@ def setup(device: str = "auto") -> Context:
     return Context(rank, world_size, dev)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_per_process(configured: int, world_size: int, cores: int) -> tuple[int, str | None]:
+    """(torch threads for each of ``world_size`` processes on ``cores`` cores, a warning or None).
+
+    ``configured`` 0 means cores / world size (at least 1); an explicit value wins when ``configured x
+    world_size`` fits the cores, else it would oversubscribe them and the fair share is used with a warning."""
+    share = max(1, cores // world_size)
+    if not configured:
+        return share, None
+    if configured * world_size <= cores:
+        return configured, None
+    return share, (f"warning: train.threads = {configured} x {world_size} processes exceeds the {cores} cores; "
+                   f"using {share} thread(s) per process")
+
+
 def wrap(model: torch.nn.Module, ctx: Context, find_unused: bool = False) -> torch.nn.Module:
     """DistributedDataParallel around ``model`` when there are several processes, else ``model``.
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import progress
 from ..checkpoint import load_checkpoint
 from ..errors import BisrError
 from ..metrics import psnr, ssim
@@ -43,7 +44,7 @@ def score(checkpoints: dict[str, str | None], scenes: list[Scene]) -> dict[str, 
             raise BisrError(f"{label}: a {ckpt.config.mode}-mode checkpoint; evaluation simulates masked snapshots (sim mode)")
         model = ckpt.build_model()
         results[label] = {}
-        for scene in scenes:
+        for scene in progress.items(scenes, f"{label}, scenes"):
             cube = reconstruct(model, measure(scene.truth, scene.mask), scene.mask)
             results[label][scene.name] = (psnr(cube, scene.truth), ssim(cube, scene.truth))
     return results

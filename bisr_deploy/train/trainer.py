@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
+from .. import __version__, progress
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..errors import BisrError
 from ..fileio import atomic_output
@@ -85,9 +85,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, init: str | None = None, log=print):
         self.config, self.log = config, log
         d, t = config.data, config.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
         self.ctx = distributed.setup(t.device)
+        threads, warning = distributed.threads_per_process(t.threads, self.ctx.world_size, distributed.usable_cores())
+        torch.set_num_threads(threads)
+        if warning and self.ctx.is_main:
+            log(warning)
         self.out = Path(t.output_dir)
         state_path = self.out / STATE_FILE
         if resume and not state_path.is_file():
@@ -247,7 +249,8 @@ class Trainer:
         t = self.config.train
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not (t.progress and self.ctx.is_main),
+        shown = t.progress and self.ctx.is_main and progress.enabled()  # terminal only, not under --quiet
+        bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not shown,
                    desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
         self.model.train()
         tick = time.perf_counter()

@@ -36,6 +36,26 @@ uint64_t Le(const std::string& bytes, size_t at, int width, const std::string& w
   return value;
 }
 
+// Column-major element order (numpy's fortran_order) -> row-major, elements of `width` bytes.
+std::vector<uint8_t> FortranToC(const std::vector<uint8_t>& data, const std::vector<int64_t>& shape, size_t width) {
+  std::vector<uint8_t> out(data.size());
+  std::vector<int64_t> index(shape.size(), 0);  // C-order multi-index of element i
+  const size_t n = data.size() / width;
+  for (size_t i = 0; i < n; ++i) {
+    size_t source = 0, stride = 1;  // its Fortran-order offset: first axis fastest
+    for (size_t k = 0; k < shape.size(); ++k) {
+      source += static_cast<size_t>(index[k]) * stride;
+      stride *= static_cast<size_t>(shape[k]);
+    }
+    std::memcpy(&out[i * width], &data[source * width], width);
+    for (size_t k = shape.size(); k-- > 0;) {  // next C-order index: last axis fastest
+      if (++index[k] < shape[k]) break;
+      index[k] = 0;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 size_t Numel(const std::vector<int64_t>& shape) {
@@ -59,7 +79,8 @@ NpyArray ParseNpy(const std::string& bytes, const std::string& what) {
   }
   out.kind = descr[2];
   out.bits = 8 * (descr[3] - '0');
-  if (HeaderField(header, "fortran_order", what) != "False") Fail(what + ": Fortran-order arrays are not supported");
+  const std::string fortran = HeaderField(header, "fortran_order", what);
+  if (fortran != "False" && fortran != "True") Fail(what + ": bad fortran_order " + fortran + " in the .npy header");
   const std::string shape = HeaderField(header, "shape", what);
   std::stringstream dims(shape.substr(1, shape.size() - 2));
   std::string dim;
@@ -69,6 +90,7 @@ NpyArray ParseNpy(const std::string& bytes, const std::string& what) {
   const size_t nbytes = Numel(out.shape) * out.bits / 8;
   if (bytes.size() - data_at != nbytes) Fail(what + ": data size does not match its .npy header");
   out.data.assign(bytes.begin() + data_at, bytes.end());
+  if (fortran == "True") out.data = FortranToC(out.data, out.shape, out.bits / 8);
   return out;
 }
 

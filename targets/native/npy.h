@@ -1,5 +1,5 @@
 // NumPy .npy (format 1.0-3.0) and .npz (np.savez: uncompressed zip of .npy members) files, little-endian,
-// C order. Every reader throws std::runtime_error naming the file for anything it does not support.
+// C or Fortran order (returned in C order). Every reader throws std::runtime_error naming the file for anything it does not support.
 #ifndef BISR_NATIVE_NPY_H_
 #define BISR_NATIVE_NPY_H_
 
