@@ -5,6 +5,7 @@ An artifact is a directory (format ``bisr-deploy-artifact``, version 1):
     DIR/model.so        the Relax VM executable and every kernel, one shared library
     DIR/params.npz      the weights p0000, p0001, ... in the order of ``Manifest.params`` (the order the VM's
                         ``main`` takes them after the graph inputs)
+    DIR/model.onnx      the ONNX model it was compiled from (``bisr-deploy estimate`` lowers its kernels again)
     DIR/manifest.json   a ``Manifest``: interface, target, versions, provenance, per-layer kernels, and the
                         size and sha256 of every other file
 
@@ -33,6 +34,7 @@ FORMAT_VERSION = 1
 LIBRARY = "model.so"
 PARAMS = "params.npz"
 MANIFEST = "manifest.json"
+SOURCE_MODEL = "model.onnx"  # the ONNX model compiled, for `bisr-deploy estimate`; older artifacts lack it
 # The parameters of one compiled BiSRConv kernel, in the order the kernel takes them after X; in the
 # artifact they are named ``<layer name>.<parameter>`` (``LayerRecord.param_names``).
 BISRCONV_PARAMS = ("redist_scale", "redist_bias", "wwords", "wmask", "table",
@@ -268,17 +270,18 @@ def check_output_dir(output: str | os.PathLike, inputs: tuple = ()) -> Path:
 
 
 def write(output: str | os.PathLike, manifest: Manifest, write_library: Callable[[Path], None],
-          params: list[np.ndarray]) -> Manifest:
+          params: list[np.ndarray], source_model: bytes) -> Manifest:
     """Write the artifact directory ``output`` all-or-nothing (``fileio.atomic_directory``; an existing one is
-    replaced only if ``is_artifact``): ``write_library(path)`` writes ``model.so``, then the params and the
-    manifest (with ``files`` filled in). Returns the manifest."""
+    replaced only if ``is_artifact``): ``write_library(path)`` writes ``model.so``, then the params, the
+    serialized ONNX model ``source_model`` and the manifest (with ``files`` filled in). Returns the manifest."""
     with atomic_directory(output, is_artifact) as tmp:
         tmp = Path(tmp)
         write_library(tmp / LIBRARY)
         with open(tmp / PARAMS, "wb") as fh:
             np.savez(fh, **{f"p{i:04d}": array for i, array in enumerate(params)})
+        (tmp / SOURCE_MODEL).write_bytes(source_model)
         files = {name: FileRecord(sha256=file_sha256(tmp / name), bytes=(tmp / name).stat().st_size)
-                 for name in (LIBRARY, PARAMS)}
+                 for name in (LIBRARY, PARAMS, SOURCE_MODEL)}
         manifest = replace(manifest, files=files)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
     return manifest

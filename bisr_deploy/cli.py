@@ -60,12 +60,13 @@ def main(quiet):
 
 
 def _register():
-    from .commands import bench, convert, evaluate, export, info, reconstruct, run, simulate, train, verify
+    from .commands import bench, convert, estimate, evaluate, export, info, reconstruct, run, simulate, train, verify
     from .commands import compile as compile_cmd
 
     for command in (simulate.simulate_command, reconstruct.reconstruct_command, info.info_command, train.train_command,
                     evaluate.evaluate_command, export.export_command, compile_cmd.compile_command,
-                    run.run_command, verify.verify_command, bench.bench_command, convert.convert_command):
+                    run.run_command, verify.verify_command, bench.bench_command, convert.convert_command,
+                    estimate.estimate_command):
         main.add_command(command)
 
 

@@ -162,6 +162,6 @@ def test_info_reports_paper_counts():
 
 def test_version_and_help():
     assert run_cli("--version").stdout.strip() == "bisr-deploy, version 0.1.0"
-    for cmd in ("reconstruct", "info", "train", "evaluate", "export", "compile", "run", "verify", "bench"):
+    for cmd in ("reconstruct", "info", "train", "evaluate", "export", "compile", "run", "verify", "bench", "estimate"):
         res = run_cli(cmd, "--help")
         assert res.returncode == 0 and "Usage:" in res.stdout

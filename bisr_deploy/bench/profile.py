@@ -29,26 +29,39 @@ from ..errors import BisrError
 
 
 def lowered_calls(imported: ImportedModel, target: CompileTarget):
-    """(TIR-only IRModule, [(function name, [arg shapes+dtypes])]) after the build's fusion and scheduling."""
+    """(TIR-only IRModule, [(function name, [arg shapes+dtypes], [arg buffer names])]) after the build's fusion
+    and scheduling, in execution order: the kernels the VM runs (reshapes become views, as in the build).
+    Args are the inputs then the output; buffers are named by the Relax variable that holds them (a view
+    by the one it views; weights by ``main``'s parameter)."""
     import tvm
     from tvm import relax
 
-    mod = fuse_and_schedule(imported.mod, target)
+    mod = relax.transform.RewriteDataflowReshape()(fuse_and_schedule(imported.mod, target))
     calls = []
-    call_tir = tvm.ir.Op.get("relax.call_tir")
+    call_tir, reshape = tvm.ir.Op.get("relax.call_tir"), tvm.ir.Op.get("relax.reshape")
+    views: dict[str, str] = {}
 
-    def visit(expr):
-        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+    def buffer(expr) -> str:
+        return views.get(expr.name, expr.name) if isinstance(expr, relax.Var) else f"const{id(expr)}"
+
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            expr = binding.value
+            if isinstance(expr, relax.Call) and expr.op.same_as(reshape):
+                views[binding.var.name] = buffer(expr.args[0])
+            if not (isinstance(expr, relax.Call) and expr.op.same_as(call_tir)):
+                continue
             gv, args = expr.args[0], expr.args[1]
             shapes = [([int(d) for d in a.ty.shape], str(a.ty.dtype)) for a in args.fields]
+            names = [buffer(a) for a in args.fields]
             out = expr.ty
             outs = [out] if isinstance(out, relax.TensorType) else list(out.fields)
             shapes += [([int(d) for d in o.shape], str(o.dtype)) for o in outs]
-            calls.append((gv.name_hint, shapes))
+            names += [binding.var.name] if len(outs) == 1 else [f"{binding.var.name}.{i}" for i in range(len(outs))]
+            calls.append((gv.name_hint, shapes, names))
 
-    relax.analysis.post_order_visit(mod["main"].body, visit)
     tir_mod = tvm.IRModule({gv: f.with_attr("global_symbol", gv.name_hint) for gv, f in mod.functions_items()
-                            if isinstance(f, tvm.tirx.PrimFunc)})
+                            if isinstance(f, tvm.tirx.PrimFunc) and any(gv.name_hint == c[0] for c in calls)})
     return tir_mod, calls
 
 
@@ -62,7 +75,7 @@ def profile_calls(imported: ImportedModel, target: CompileTarget, repeat: int = 
     members.update({layer.func_name: 1 for layer in imported.layers if layer.kind == "bisrconv"})
     rng = np.random.default_rng(0)
     rows = []
-    for k, (name, shapes) in enumerate(calls):
+    for k, (name, shapes, _) in enumerate(calls):
         args = []
         for shape, dtype in shapes:
             if dtype.startswith("float"):

@@ -25,7 +25,7 @@ from . import checkpoint_option
 BACKENDS = ("compiled", "onnxruntime-fp32", "tvm-fp32", "pytorch-eager")
 
 
-def _inputs(height: int, width: int, mode: str, seed: int = 0):
+def bench_inputs(height: int, width: int, mode: str, seed: int = 0):
     """A deterministic snapshot of a random scene through a random binary mask (content does not change
     the amount of work)."""
     import torch
@@ -78,7 +78,7 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
     onnx_model = export_onnx(ckpt, height, width)
     onnx_bytes = onnx_model.SerializeToString()
     target = resolve_target("x86", cpu)
-    y, mask = _inputs(height, width, torch_model.mode)
+    y, mask = bench_inputs(height, width, torch_model.mode)
     feeds = {"measurement": y[None]} | ({"mask": mask[None]} if mask is not None else {})
     cores = all_cores()
     thread_counts = [1] + ([cores] if cores > 1 else [])

@@ -93,4 +93,4 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
         progress.stage(f"linking {path.name} and writing {output}")
         executable.export_library(str(path), fcompile=fcompile_for(target))  # cross linker for ARM
 
-    return artifact.write(output, manifest, write_library, [array for _, array in imported.params])
+    return artifact.write(output, manifest, write_library, [array for _, array in imported.params], onnx_bytes)

@@ -1,0 +1,59 @@
+"""The cores ``bisr-deploy estimate`` knows: LLVM 19 scheduling model, clock, DRAM bandwidth and caches assumed.
+
+Every figure names its source in docs/estimate.md (table "Cores"); ``--clock-ghz`` and ``--dram-gbs`` override
+the clock and the bandwidth. ``cache_bytes(threads)``: the cache the DRAM model (``network.dram_traffic``) lets
+intermediate tensors stay in: the private L2 of every core used plus the shared L3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import BisrError
+
+KIB, MIB = 1024, 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Core:
+    name: str
+    arch: str  # "aarch64" or "x86_64"
+    mcpu: str  # llvm-mca -mcpu: the LLVM 19 scheduling model closest to the core (docs/estimate.md)
+    clock_ghz: float
+    dram_gbs: float
+    l1d: int
+    l2: int  # private, per core
+    l3: int  # shared by the cluster
+    example: str  # the chip the clock, bandwidth and caches are taken from
+
+    def cache_bytes(self, threads: int) -> int:
+        return self.l2 * threads + self.l3
+
+
+CORES = {core.name: core for core in (
+    Core("cortex-a55", "aarch64", "cortex-a55", 1.8, 34.1, 32 * KIB, 128 * KIB, 2 * MIB,
+         "Snapdragon 855 little core (Kryo 485 Silver)"),
+    Core("cortex-a76", "aarch64", "neoverse-n1", 2.4, 17.1, 64 * KIB, 512 * KIB, 2 * MIB, "Raspberry Pi 5 (BCM2712)"),
+    Core("cortex-a78", "aarch64", "neoverse-n1", 2.42, 51.2, 64 * KIB, 512 * KIB, 4 * MIB, "Snapdragon 888 mid core"),
+    Core("cortex-x1", "aarch64", "neoverse-v1", 2.84, 51.2, 64 * KIB, 1 * MIB, 4 * MIB, "Snapdragon 888 prime core"),
+    Core("neoverse-n1", "aarch64", "neoverse-n1", 2.5, 204.8, 64 * KIB, 1 * MIB, 32 * MIB, "AWS Graviton2"),
+    Core("xeon-kvm", "x86_64", "rocketlake", 2.6, 15.0, 48 * KIB, 2 * MIB, 0,
+         "this project's 2-core KVM Xeon (CPUID model 167), the calibration machine"),
+)}
+
+
+def core_by_name(name: str) -> Core:
+    """The ``Core`` called ``name``; ``BisrError`` listing the known ones otherwise."""
+    if name not in CORES:
+        raise BisrError(f"unknown core {name!r}; known: {', '.join(CORES)} (--core list)")
+    return CORES[name]
+
+
+def core_table() -> str:
+    """``--core list``: one line per core."""
+    lines = [f"{'core':12} {'arch':8} {'LLVM model':15} {'clock GHz':>9} {'DRAM GB/s':>9} {'L1d':>7} {'L2/core':>8} "
+             f"{'L3':>7}  figures from"]
+    for c in CORES.values():
+        lines.append(f"{c.name:12} {c.arch:8} {c.mcpu:15} {c.clock_ghz:9.2f} {c.dram_gbs:9.1f} {c.l1d // KIB:5} K "
+                     f"{c.l2 // KIB:6} K {c.l3 // KIB:5} K  {c.example}")
+    return "\n".join(lines) + "\n(sources of every figure: docs/estimate.md)"
