@@ -221,16 +221,6 @@ def checked_copy(source: str | os.PathLike, destination: str | os.PathLike, nbyt
         raise BisrError(f"{source}: sha256 does not match the manifest (the file was modified)")
 
 
-def _pick_key(path: str, keys: list[str], key: str | None) -> str:
-    if key is not None:
-        if key not in keys:
-            raise BisrError(f"{path}: no variable {key!r}; it holds {', '.join(sorted(keys)) or 'nothing'}")
-        return key
-    if len(keys) == 1:
-        return keys[0]
-    raise BisrError(f"{path}: holds several variables ({', '.join(sorted(keys))}); choose one with --key")
-
-
 # ---- inputs ----------------------------------------------------------------------------------------------
 
 def max_array_bytes() -> int:

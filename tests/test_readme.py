@@ -65,6 +65,7 @@ WALK = [
     ("bisr-deploy bench --checkpoint authors-sim --artifact art-x86 --output-dir bench/",
      f"bisr-deploy bench --checkpoint authors-sim --artifact art-x86 --output-dir bench/ {FAST_SIZE} --repeat 1 "
      "--skip tvm-fp32"),
+    ("bisr-deploy estimate art-arm --core cortex-a76 --threads 4 --json a76.json", "="),
     ("bisr-deploy compile --checkpoint authors-real --height 660 --width 660 --output art-real", "="),
     (f"bisr-deploy run art-real --measurement {SCENE1} --output scene1-art.npy", "="),
 ]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bisr_deploy import verify as v
+from bisr_deploy.artifact import read_manifest
 from bisr_deploy.fileio import file_sha256
 
 from .conftest import KAIST_NPZ, REAL_PTH, REAL_SCENES, SIM_PTH
@@ -110,7 +111,8 @@ def test_real_camera_snapshot_at_a_size_not_multiple_of_8(tmp_path):
     deployed, reference = np.load(tmp_path / "deploy.npy"), np.load(tmp_path / "torch.npy")
     assert deployed.shape == reference.shape == (28, height, width)
     assert psnr(deployed, reference) >= 35.0
-    layers = v.layer_agreement(tmp_path / "art", manifest, load_checkpoint(REAL_PTH), v.Scene("scene1", snapshot, None, None))
+    layers = v.layer_agreement(tmp_path / "art", read_manifest(tmp_path / "art"), load_checkpoint(REAL_PTH),
+                               v.Scene("scene1", snapshot, None, None))
     assert len(layers) == 59 and min(layers.values()) >= v.LAYER_MIN_AGREEMENT
 
 

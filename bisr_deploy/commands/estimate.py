@@ -53,6 +53,8 @@ def estimate_command(artifact, core, clock_ghz, dram_gbs, threads, float_build, 
     chosen = core_by_name(core)
     if measure and float_build:
         raise BisrError("--measure runs the artifact itself: it cannot be combined with --float-build")
+    if measure and threads != 1:
+        raise BisrError("--measure times every call on the calling thread's CPU clock: use it with --threads 1")
     from ..artifact import read_manifest
     from ..runtime import load
 

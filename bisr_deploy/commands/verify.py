@@ -50,7 +50,7 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
     ckpt = load_checkpoint(checkpoint_path)
     if ckpt.config.mode != manifest.mode:
         raise BisrError(f"the artifact is a {manifest.mode}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
-    _check_source(manifest, checkpoint_path)
+    _check_source(manifest, checkpoint_path, ckpt)
     _, _, height, width = manifest.output.shape
     report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or DEFAULT_CHECKPOINT)
 
@@ -100,13 +100,16 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
     click.echo("PASS: every criterion holds")
 
 
-def _check_source(manifest: Manifest, checkpoint_path: str | None) -> None:
-    """Refuse a checkpoint other than the one the artifact records as its source (when it records one)."""
+def _check_source(manifest: Manifest, checkpoint_path: str | None, ckpt) -> None:
+    """Refuse a checkpoint other than the one the artifact records as its source (when it records one): the
+    recorded sha256 is that of the checkpoint file, or, for an artifact compiled from an exported ONNX file, of
+    the file the checkpoint came from (its provenance: an authors' .pth behind a converted named checkpoint)."""
     from ..checkpoint import resolve_checkpoint
 
     source = manifest.source
     recorded = source.get("checkpoint_sha256") or source.get("bisr.source.sha256")
-    if recorded and file_sha256(resolve_checkpoint(checkpoint_path)) != recorded:
+    accepted = {file_sha256(resolve_checkpoint(checkpoint_path)), ckpt.provenance.get("sha256")}
+    if recorded and recorded not in accepted:
         raise BisrError(f"the artifact was compiled from another checkpoint (sha256 {recorded[:12]}...); "
                         "give that one with --checkpoint")
 

@@ -194,7 +194,7 @@ def measure_artifact(model, report: dict, rounds: int = 10) -> None:
     set_num_threads(report["threads"])
     fastest = None
     for _ in range(rounds):
-        rows = network_calls(model, y, mask, repeat=3)
+        rows, _ = network_calls(model, y, mask, repeat=3)
         if [row["function"] for row in rows] != [k["function"] for k in report["kernels"]]:
             raise BisrError("the artifact's VM runs other kernels than its model.onnx lowers to: compile it again")
         times = [row["ms"] for row in rows]
