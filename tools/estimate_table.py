@@ -69,8 +69,10 @@ def main() -> None:
     parser.add_argument("--x86", help="x86 artifact to calibrate on (this machine must run it)")
     parser.add_argument("--arm", help="ARM artifact to estimate")
     parser.add_argument("--core", default="xeon-kvm", help="core of this machine (estimate --core list)")
-    parser.add_argument("--json", type=Path, default=None, help="directory for the JSON reports")
+    parser.add_argument("--json", type=Path, default=None, help="directory for the JSON reports (created)")
     args = parser.parse_args()
+    if args.json:
+        args.json.mkdir(parents=True, exist_ok=True)
     if args.x86:
         print(calibration(args.x86, args.core, args.json), end="\n\n", flush=True)
     if args.arm:
