@@ -144,8 +144,12 @@ def test_wrong_checkpoint_is_refused(x86_artifact, tmp_path):
     assert proc.stderr.strip() == "error: the artifact is a sim-mode model, the checkpoint a real-mode one"
     from bisr_deploy.checkpoint import load_checkpoint, save_checkpoint
 
+    # a project checkpoint with the same weights but no record of the .pth the artifact came from; a converted
+    # checkpoint that records it (its provenance sha256, as the named authors-sim does) is accepted
+    unrelated = load_checkpoint(SIM_PTH)
+    unrelated.provenance.clear()
     copy = tmp_path / "copy.safetensors"
-    save_checkpoint(load_checkpoint(SIM_PTH), copy)
+    save_checkpoint(unrelated, copy)
     proc = subprocess.run([sys.executable, "-m", "bisr_deploy.cli", "verify", str(x86_artifact), "--checkpoint", str(copy)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "compiled from another checkpoint" in proc.stderr
