@@ -259,7 +259,7 @@ def read_params(directory: str | os.PathLike, manifest: Manifest, where: str | o
         raise BisrError(f"{where}: cannot read the parameters ({exc})") from exc
 
 
-def check_output_dir(output: str | os.PathLike, inputs: tuple = ()) -> Path:
+def check_artifact_output(output: str | os.PathLike, inputs: tuple = ()) -> Path:
     """``output`` as a Path if an artifact may be written there: its parent exists and it is absent or an
     artifact with nothing but its own files (``is_artifact``). Raises ``BisrError``."""
     output = check_output(output, "--output", inputs=inputs, directory=True)

@@ -158,7 +158,7 @@ def atomic_directory(path: str | os.PathLike, replaceable, what: str = "--output
     """Yield a fresh temporary directory beside ``path``; on success it takes ``path``'s place, on failure it
     is removed. An existing ``path`` is replaced only if ``replaceable(path)`` holds just before the swap, else
     ``BisrError``: a directory the command did not make is never deleted. Callers check it up front too, before
-    the work (``artifact.check_output_dir``)."""
+    the work (``artifact.check_artifact_output``)."""
     path = Path(path)
     check_output(path, what, directory=True)
     try:

@@ -128,3 +128,17 @@ def tvm_vm_runner(executable, inputs: list[np.ndarray], params: list[np.ndarray]
 
 def all_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def bench_inputs(height: int, width: int, mode: str, seed: int = 0):
+    """A deterministic snapshot of a random scene through a random binary mask (content does not change
+    the amount of work)."""
+    import torch
+
+    from ..cassi import simulate_snapshot
+
+    rng = np.random.default_rng(seed)
+    cube = rng.random((28, height, width)).astype(np.float32)
+    mask = (rng.random((height, width)) > 0.5).astype(np.float32)
+    y = simulate_snapshot(torch.from_numpy(cube)[None], torch.from_numpy(mask))[0].numpy()
+    return y, (mask if mode == "sim" else None)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .. import progress
 from ..bench.report import REPORT_FILES
@@ -23,20 +22,6 @@ from ..hostcpu import cpu_model_name
 from . import checkpoint_option
 
 BACKENDS = ("compiled", "onnxruntime-fp32", "tvm-fp32", "pytorch-eager")
-
-
-def bench_inputs(height: int, width: int, mode: str, seed: int = 0):
-    """A deterministic snapshot of a random scene through a random binary mask (content does not change
-    the amount of work)."""
-    import torch
-
-    from ..cassi import simulate_snapshot
-
-    rng = np.random.default_rng(seed)
-    cube = rng.random((28, height, width)).astype(np.float32)
-    mask = (rng.random((height, width)) > 0.5).astype(np.float32)
-    y = simulate_snapshot(torch.from_numpy(cube)[None], torch.from_numpy(mask))[0].numpy()
-    return y, (mask if mode == "sim" else None)
 
 
 @click.command("bench")
@@ -62,7 +47,7 @@ def bench_command(checkpoint_path, artifact, height, width, mode, cpu, repeat, s
     from ..checkpoint import load_checkpoint
     from ..bench.profile import network_calls, profile_calls, summarize
     from ..bench.report import write_reports
-    from ..bench.runners import all_cores, measure_interleaved, ort_runner, torch_runner, tvm_vm_runner
+    from ..bench.runners import all_cores, bench_inputs, measure_interleaved, ort_runner, torch_runner, tvm_vm_runner
     from ..compile.build import build_artifact, compile_module
     from ..compile.onnx_import import import_onnx
     from ..compile.targets import resolve_target

@@ -56,11 +56,11 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
 def compile_command(model_path, checkpoint_path, arch, cpu, ndk, height, width, mode, output):
     """Compile BiSRNet to a native artifact (shared library + parameters + manifest)."""
-    from ..artifact import check_output_dir
+    from ..artifact import check_artifact_output
     from ..compile.build import build_artifact
     from ..compile.targets import resolve_target
 
-    check_output_dir(output, (model_path, checkpoint_path))
+    check_artifact_output(output, (model_path, checkpoint_path))
     target = resolve_target(arch, cpu, ndk=ndk)
     model, source = load_model_for_compile(model_path, checkpoint_path, height, width, mode)
     manifest = build_artifact(model, output, target, source)

@@ -72,7 +72,7 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
     import tvm
 
     target = target or resolve_target()
-    output = artifact.check_output_dir(output)
+    output = artifact.check_artifact_output(output)
     imported, executable = compile_module(model, target)
     meta = _model_metadata(model)
     onnx_bytes = model.SerializeToString()

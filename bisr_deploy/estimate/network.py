@@ -186,7 +186,7 @@ def measure_artifact(model, report: dict, rounds: int = 10) -> None:
     such measurements the fastest for each call, so that a shared machine's bursts of load drop out) and
     ``measured_total_ms``, their sum."""
     from ..bench.profile import network_calls
-    from ..commands.bench import bench_inputs
+    from ..bench.runners import bench_inputs
     from ..runtime import set_num_threads
 
     height, width = model.manifest.output.shape[2:]
