@@ -185,18 +185,26 @@ class Fusion:
     def suffix(self) -> str:
         """Kernel name suffix ("" for a plain single layer)."""
         parts = [self.combine] if self != Fusion() else []
-        norm = "norm" if self.norm_epsilon in (None, DEFAULT_NORM_EPSILON) else \
-            f"norm{int(np.float32(self.norm_epsilon).view(np.uint32)):08x}"  # another epsilon: another kernel
-        parts += [name for name, on in ((norm, self.norm), ("2in", self.split_input), ("res", self.residual),
-                                        ("rprelu", self.post)) if on]
+        parts += [name for name, on in ((self.norm_name, self.norm), ("2in", self.split_input),
+                                        ("res", self.residual), ("rprelu", self.post)) if on]
         return "".join(f"_{p}" for p in parts)
+
+    @property
+    def norm_name(self) -> str:
+        """The LayerNorm's part of a kernel name: "norm", or with another epsilon than PyTorch's, its bits."""
+        if self.norm_epsilon in (None, DEFAULT_NORM_EPSILON):
+            return "norm"
+        return f"norm{int(np.float32(self.norm_epsilon).view(np.uint32)):08x}"  # another epsilon: another kernel
 
     def output_channels(self, spec: BiSRConvSpec) -> int:
         return 2 * spec.channels if self.combine == "concat" else spec.channels
 
 
-def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
-    """TE tensors of the fused operator: returns (inputs, output Y).
+def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, residual=None, prefix: str = ""):
+    """TE tensors of the fused operator: returns (inputs, output Y). ``inputs`` are the placeholders it
+    creates, in argument order; ``xs`` (the X tensors) and ``residual`` (R), if given, are existing TE
+    tensors of those shapes (another kernel's stages: ``feedforward.py``) and are not among them. ``prefix``
+    starts the name of every stage and placeholder (stages of several layers in one function).
 
     ``fusion.combine`` fuses BiSRNet's pairs of BiSRConvs (two layers of the same ``spec``, one kernel, the
     pair's packed planes stacked as planes ``l·words + p``):
@@ -225,14 +233,16 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
     n_layers = fusion.layers
     u32 = "uint32"
 
-    if fusion.split_input:
-        xs = [te.placeholder((n_, c, h, w), "float32", name=f"X_{l}") for l in range(2)]
+    if xs is not None:
+        inputs = []
+    elif fusion.split_input:
+        inputs = xs = [te.placeholder((n_, c, h, w), "float32", name=f"{prefix}X_{l}") for l in range(2)]
     else:
-        xs = [te.placeholder((n_, 2 * c if combine == "mean" else c, h, w), "float32", name="X")]
-    inputs = list(xs)
+        inputs = xs = [te.placeholder((n_, 2 * c if combine == "mean" else c, h, w), "float32", name=f"{prefix}X")]
+    inputs = list(inputs)
     if fusion.norm:
-        norms = {name: te.placeholder((c,), "float32", name=name) for name in NORM_NAMES}
-        xs = [layer_norm_stages(xs[0], norms["norm_gamma"], norms["norm_beta"], fusion.norm_epsilon)]
+        norms = {name: te.placeholder((c,), "float32", name=prefix + name) for name in NORM_NAMES}
+        xs = [layer_norm_stages(xs[0], norms["norm_gamma"], norms["norm_beta"], fusion.norm_epsilon, prefix)]
 
     def x_at(n, l, ch, y, xx):
         """Layer l's input channel ch (l: an int or a TIR expression)."""
@@ -246,11 +256,16 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
 
     wshape = (c, spec.tap_words) if spec.tap_words else (c, nwg, kh, kw)
     shapes = {"wwords": (wshape, u32), "wmask": ((c, nwg), u32), "table": ((c, 4, 4), "int32")}
-    layers = [{name: te.placeholder(*shapes.get(name, ((c,), "float32")), name=name if n_layers == 1 else f"{name}_{l}")
+    layers = [{name: te.placeholder(*shapes.get(name, ((c,), "float32")),
+                                    name=prefix + (name if n_layers == 1 else f"{name}_{l}"))
                for name in BISRCONV_PARAMS} for l in range(n_layers)]
     c_out = fusion.output_channels(spec)
-    residual = te.placeholder((n_, c, h, w), "float32", name="R") if fusion.residual else None
-    posts = {name: te.placeholder((c_out,), "float32", name=name) for name in POST_NAMES} if post else {}
+    own_residual = fusion.residual and residual is None
+    if own_residual:
+        residual = te.placeholder((n_, c, h, w), "float32", name=f"{prefix}R")
+    elif not fusion.residual:
+        residual = None
+    posts = {name: te.placeholder((c_out,), "float32", name=prefix + name) for name in POST_NAMES} if post else {}
     zero_f = tirx.const(0.0, "float32")
 
     def param(name, l, *index):
@@ -270,13 +285,13 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
             word = term if word is None else word | term
         return word
 
-    packed = te.compute((n_, n_layers * words, h, w), pack, name="pack")
+    packed = te.compute((n_, n_layers * words, h, w), pack, name=f"{prefix}pack")
     if spec.padded:
         def pad(n, p, y, xx):
             inside = tirx.all(y >= top, y < h + top, xx >= left, xx < w + left)
             return tirx.if_then_else(inside, packed[n, p, y - top, xx - left], tirx.const(0, u32))
 
-        source = te.compute((n_, n_layers * words, h + kh - 1, w + kw - 1), pad, name="pad")
+        source = te.compute((n_, n_layers * words, h + kh - 1, w + kw - 1), pad, name=f"{prefix}pad")
     else:
         source = packed
 
@@ -295,7 +310,7 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
                 word = bits if word is None else word | bits
             return word
 
-        windows = te.compute((n_, n_layers, spec.group, spec.tap_words, h, w), gather, name="gather")
+        windows = te.compute((n_, n_layers, spec.group, spec.tap_words, h, w), gather, name=f"{prefix}gather")
         t_ax = te.reduce_axis((0, spec.tap_words), name="t")
 
         def conv(n, l, o, y, xx):
@@ -313,7 +328,7 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
                 diff = diff & param("wmask", l, o, j)
             return te.sum(tirx.popcount(diff).astype("int32"), axis=[j, ru, rv])
 
-    mismatches = te.compute((n_, n_layers, c, h, w), conv, name="conv")
+    mismatches = te.compute((n_, n_layers, c, h, w), conv, name=f"{prefix}conv")
 
     def layer_output(n, l, o, y, xx):
         row_class = tirx.Select(y == 0, 1, 0) + tirx.Select(y == h - 1, 2, 0)
@@ -344,30 +359,31 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
             out = tirx.Select(t > zero_f, t, posts["post_slope"][o] * t) + posts["post_bias_out"][o]
         return out
 
-    y_out = te.compute((n_, c_out, h, w), epilogue, name="epilogue")
+    y_out = te.compute((n_, c_out, h, w), epilogue, name=f"{prefix}epilogue")
     inputs += [layer[name] for layer in layers for name in BISRCONV_PARAMS]
     inputs += [norms[name] for name in NORM_NAMES] if fusion.norm else []
-    inputs += ([residual] if residual is not None else []) + [posts[name] for name in posts]
+    inputs += ([residual] if own_residual else []) + [posts[name] for name in posts]
     return inputs, y_out
 
 
-def layer_norm_stages(x, gamma, beta, epsilon: float):
-    """LayerNorm of x [N, C, H, W] over C as TE stages ``x_sum``, ``x_mean``, ``x_var_sum``, ``norm``: the
+def layer_norm_stages(x, gamma, beta, epsilon: float, prefix: str = ""):
+    """LayerNorm of x [N, C, H, W] over C as TE stages ``x_sum``, ``x_mean``, ``x_var_sum``, ``norm`` (names
+    after ``prefix``): the
     expressions of TVM's legalisation of ``relax.nn.layer_norm(axes=[1])`` (topi), so that a kernel computing
     it gives the bits of the standalone LayerNorm."""
     from tvm import te, tirx
 
     n_, c, h, w = (int(d) for d in x.shape)
     k = te.reduce_axis((0, c), name="k")
-    x_sum = te.compute((n_, h, w), lambda n, y, xx: te.sum(x[n, k, y, xx], axis=k), name="x_sum")
+    x_sum = te.compute((n_, h, w), lambda n, y, xx: te.sum(x[n, k, y, xx], axis=k), name=f"{prefix}x_sum")
     count = tirx.const(float(c), "float32")
-    x_mean = te.compute((n_, h, w), lambda n, y, xx: x_sum[n, y, xx] / count, name="x_mean")
+    x_mean = te.compute((n_, h, w), lambda n, y, xx: x_sum[n, y, xx] / count, name=f"{prefix}x_mean")
     kv = te.reduce_axis((0, c), name="kv")
     x_var_sum = te.compute((n_, h, w), lambda n, y, xx: te.sum(
-        (x[n, kv, y, xx] - x_mean[n, y, xx]) * (x[n, kv, y, xx] - x_mean[n, y, xx]), axis=kv), name="x_var_sum")
+        (x[n, kv, y, xx] - x_mean[n, y, xx]) * (x[n, kv, y, xx] - x_mean[n, y, xx]), axis=kv), name=f"{prefix}x_var_sum")
     eps = tirx.const(epsilon, "float32")
     return te.compute((n_, c, h, w), lambda n, ch, y, xx: (x[n, ch, y, xx] - x_mean[n, y, xx])
-                      * tirx.rsqrt(x_var_sum[n, y, xx] / count + eps) * gamma[ch] + beta[ch], name="norm")
+                      * tirx.rsqrt(x_var_sum[n, y, xx] / count + eps) * gamma[ch] + beta[ch], name=f"{prefix}norm")
 
 
 def _vectorize_row(sch, pack, lanes: int) -> None:
@@ -378,17 +394,23 @@ def _vectorize_row(sch, pack, lanes: int) -> None:
     sch.vectorize(xi)
 
 
-def _layer_norm_at(sch, rows, lanes: int) -> None:
+def loops_below(sch, block, loop) -> list:
+    """The loops of ``block`` nested inside ``loop`` (one of its loops)."""
+    loops = sch.get_loops(block)
+    return loops[[sch.get(other).same_as(sch.get(loop)) for other in loops].index(True) + 1:]
+
+
+def _layer_norm_at(sch, rows, lanes: int, prefix: str = "") -> None:
     """``layer_norm_stages`` computed row by row at ``rows`` (one row of C channels, in L1), before the pack and
     epilogue that read it: the statistics' channel sums outside, the row's x in vectors of ``lanes``."""
-    sch.compute_inline(sch.get_sblock("x_mean"))
-    norm = sch.get_sblock("norm")
-    for block in (norm, sch.get_sblock("x_var_sum"), sch.get_sblock("x_sum")):  # consumers first
+    sch.compute_inline(sch.get_sblock(f"{prefix}x_mean"))
+    norm = sch.get_sblock(f"{prefix}norm")
+    for block in (norm, sch.get_sblock(f"{prefix}x_var_sum"), sch.get_sblock(f"{prefix}x_sum")):  # consumers first
         sch.compute_at(block, rows)
     *_, xx = sch.get_loops(norm)
     sch.vectorize(sch.split(xx, [None, lanes])[1])
     for name in ("x_var_sum", "x_sum"):
-        block = sch.get_sblock(name)
+        block = sch.get_sblock(prefix + name)
         *_, xx, k = sch.get_loops(block)
         xo, xi = sch.split(xx, [None, lanes])
         sch.reorder(xo, k, xi)
@@ -397,56 +419,58 @@ def _layer_norm_at(sch, rows, lanes: int) -> None:
         sch.vectorize(sch.get_loops(init)[-1])
 
 
-def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
-                      row_band: int = Schedule.row_band):
-    """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
-    vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
-    reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators."""
-    from tvm import s_tir, te
+def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix: str = "", band=None,
+                    row_band: int = Schedule.row_band) -> None:
+    """Schedule the blocks of one ``bisrconv_compute(spec, fusion, prefix=prefix)``: per output row, channel and
+    vector of ``lanes`` pixels the reduction in a register accumulator, taps unrolled; a ``mean`` pair keeps
+    both layers' accumulators; a 1x1 packs (and normalises) each row right before its convolution.
 
-    if fusion.norm and spec.padded:
-        raise BisrError(f"BiSRConv kernel: a LayerNorm fuses into 1x1 kernels only, not {list(spec.kernel)}")
-    inputs, output = bisrconv_compute(spec, fusion)
-    func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "bisrconv")
-    sch = s_tir.Schedule(func)
+    ``band`` None: the kernel alone — rows in parallel; a KxK runs in parallel bands of ``row_band`` rows, each
+    packing and padding its rows plus the window's neighbours. ``band``: a loop the epilogue is already
+    computed at (a band of a larger kernel, ``feedforward.py``; the caller parallelises it): the rows run
+    under it, and a KxK packs and pads the band's rows there."""
     lanes = vector_lanes(spec.width, lanes)
-
-    pack = sch.get_sblock("pack")
-    epi = sch.get_sblock("epilogue")
-    conv = sch.get_sblock("conv")
-    n, o, y, xx = sch.get_loops(epi)
-    xo, xi = sch.split(xx, [None, lanes])
-    sch.reorder(n, y, o, xo, xi)
-    rows = sch.fuse(n, y)
+    block = lambda name: sch.get_sblock(prefix + name)  # noqa: E731
+    epi, conv = block("epilogue"), block("conv")
+    loops = sch.get_loops(epi) if band is None else loops_below(sch, epi, band)
+    if len(loops) == 4:  # (n, o, y, x)
+        n, o, y, xx = loops
+        xo, xi = sch.split(xx, [None, lanes])
+        sch.reorder(n, y, o, xo, xi)
+        rows = sch.fuse(n, y)
+    else:  # (o, y, x): the batch is the band's
+        o, rows, xx = loops
+        xo, xi = sch.split(xx, [None, lanes])
+        sch.reorder(rows, o, xo, xi)
     sch.vectorize(xi)
     sch.set_scope(conv, 0, "local")
-    sch.compute_at(conv, xo)
-    below = sch.get_loops(conv)[3:]  # below (rows, o, xo); unit loops are gone
-    layer, (cx, *reduction) = (below[0], below[1:]) if fusion.combine == "mean" else (None, below)
+    sch.compute_at(conv, xo, preserve_unit_loops=True)
+    _, layer, _, _, cx, *reduction = loops_below(sch, conv, xo)  # (n, l, o, y, x, reduction): all, even unit
     if reduction:
         sch.reorder(*reduction, cx)
-    if layer is not None:
-        sch.unroll(layer)
+    sch.unroll(layer)
     sch.vectorize(cx)
     for loop in reduction:
         sch.unroll(loop)
-    if spec.padded:  # KxK: bands of row_band output rows; each packs and pads its rows (+ the window's
+    if band is not None:
+        outer = band
+    elif spec.padded:  # KxK: bands of row_band output rows; each packs and pads its rows (+ the window's
         # neighbours, recomputed by the next band) just before its convolutions, so X's rows are still in
         # cache for the residual
-        outer, row = sch.split(rows, [None, row_band])
+        outer, rows = sch.split(rows, [None, row_band])
     else:
-        outer = row = rows
+        outer = rows
     if spec.tap_words:  # gather each row's windows just before its convolution (they stay in cache)
-        gather = sch.get_sblock("gather")
-        sch.compute_at(gather, row)
+        gather = block("gather")
+        sch.compute_at(gather, rows)
         *_, xx = sch.get_loops(gather)
         sch.vectorize(sch.split(xx, [None, lanes])[1])
+    pack = block("pack")
     if spec.padded:
         for name in ("pad", "pack"):
-            block = sch.get_sblock(name)
-            sch.compute_at(block, outer)
-            loops = sch.get_loops(block)
-            below = loops[[sch.get(loop).same_as(sch.get(outer)) for loop in loops].index(True) + 1:]
+            stage = block(name)
+            sch.compute_at(stage, outer)
+            below = loops_below(sch, stage, outer)
             if len(below) == 3:  # (plane, row, x) -> rows outside; a single plane has no loop
                 sch.reorder(below[1], below[0])
         *_, xx = sch.get_loops(pack)
@@ -456,9 +480,25 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
     else:  # 1x1: pack each row just before its convolution, while X's row is still in cache
         sch.compute_at(pack, rows)
         _vectorize_row(sch, pack, lanes)
-    sch.parallel(outer)
-    if fusion.norm:  # 1x1 only: rows is outer
-        _layer_norm_at(sch, rows, lanes)
+    if band is None:
+        sch.parallel(outer)
+    if fusion.norm:
+        _layer_norm_at(sch, rows, lanes, prefix)
     init = sch.decompose_reduction(conv, reduction[0] if reduction else cx)
     sch.vectorize(sch.get_loops(init)[-1])
+
+
+def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
+                      row_band: int = Schedule.row_band):
+    """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
+    vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
+    reduction in registers, the taps unrolled (``schedule_stages``)."""
+    from tvm import s_tir, te
+
+    if fusion.norm and spec.padded:
+        raise BisrError(f"BiSRConv kernel: a LayerNorm fuses into 1x1 kernels only, not {list(spec.kernel)}")
+    inputs, output = bisrconv_compute(spec, fusion)
+    func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "bisrconv")
+    sch = s_tir.Schedule(func)
+    schedule_stages(sch, spec, fusion, lanes, row_band=row_band)
     return sch.mod["main"]
