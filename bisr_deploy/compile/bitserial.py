@@ -85,6 +85,12 @@ class BiSRConvSpec:
         return max((g * cg + cg - 1) // WORD_BITS - (g * cg) // WORD_BITS + 1 for g in range(self.group))
 
     @property
+    def binary_macs(self) -> int:
+        """Binary multiply-accumulates of one layer: every output times its group's channels and taps."""
+        kh, kw = self.kernel
+        return self.batch * self.channels * self.height * self.width * self.group_channels * kh * kw
+
+    @property
     def padded(self) -> bool:
         return self.kernel != (1, 1)
 
@@ -304,9 +310,12 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
             word = None
             for k in range(per_word):
                 tap = tirx.min(t * per_word + k, kh * kw - 1)  # a tap past the window reads a valid address
-                bits = ((source[n, plane, y + tap // kw, xx + tap % kw] >> shift) & nibble) << tirx.const(k * cg, u32)
-                if spec.tap_words * per_word > kh * kw:  # ... and contributes 0
-                    bits = tirx.Select(t * per_word + k < kh * kw, bits, tirx.const(0, u32))
+                mask = nibble
+                if spec.tap_words * per_word > kh * kw:  # ... and contributes 0 (a mask, not a Select: TVM would
+                    # simplify the address under the Select's condition and lose the clamp, which bounds the
+                    # rows of the padded planes each row's gather reads)
+                    mask = nibble * (t * per_word + k < kh * kw).astype(u32)
+                bits = ((source[n, plane, y + tap // kw, xx + tap % kw] >> shift) & mask) << tirx.const(k * cg, u32)
                 word = bits if word is None else word | bits
             return word
 
