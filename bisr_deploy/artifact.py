@@ -52,20 +52,24 @@ class TensorRecord:
 
 @dataclass(frozen=True)
 class TargetRecord:
-    """What the code was built for: arch (target name), cpu, LLVM triple, the TVM target dict, and the CPU
-    features (Linux flag names) the code may use."""
+    """What the code was built for: arch (target name), cpu, LLVM triple, the TVM target dict, the CPU
+    features (Linux flag names) the code may use, and the per-core data cache sizes the schedule assumed
+    (bytes; None in artifacts of earlier versions)."""
 
     arch: str
     cpu: str
     triple: str
     tvm_target: dict
     required_cpu_features: list[str]
+    l1d_bytes: int | None = None
+    l2_bytes: int | None = None
 
 
 @dataclass(frozen=True)
 class LayerRecord:
     """One kernel of the library. ``kind``: ``bisrconv`` (one BiSRConv node, ``name`` = ONNX node = PyTorch
-    module path; ``function`` runs it alone), ``bisrconv_fused`` (several, ``members``), ``conv2d`` (float),
+    module path; ``function`` runs it alone), ``bisrconv_fused`` (several, ``members``),
+    ``bisrconv_feedforward`` (a ConvBlock's whole FeedForward in bands of ``band_rows``), ``conv2d`` (float),
     ``upsample2x``. ``shape``: the input [N, C, H, W]. The other fields belong to some kinds only (None: absent)."""
 
     name: str
@@ -75,12 +79,13 @@ class LayerRecord:
     kernel: list[int] | None = None
     pads: list[int] | None = None
     group: int | None = None  # bisrconv, bisrconv_fused
-    members: list[str] | None = None  # bisrconv_fused: the BiSRConv nodes it computes, in order
+    members: list[str] | None = None  # bisrconv_fused, _feedforward: the BiSRConv nodes it computes, in order
     combine: str | None = None  # bisrconv_fused: bitserial.Fusion fields
     rprelu: bool | None = None
     split_input: bool | None = None
     residual: bool | None = None
     layer_norm: bool | None = None  # bisrconv_fused: computes the LayerNorm of its input first
+    band_rows: int | None = None  # bisrconv_feedforward: output rows per band (from the target's L2)
     out_channels: int | None = None  # conv2d
     groups: int | None = None  # conv2d
 

@@ -58,6 +58,24 @@ def host_cpu_flags() -> set[str]:
     return set((_cpuinfo_field("flags") or "").split())
 
 
+def host_cache_bytes() -> dict[str, int]:
+    """This machine's per-core data caches from sysfs: {"l1d": bytes, "l2": bytes}, the levels it lists
+    (cpu0's); empty where sysfs does not say."""
+    from pathlib import Path
+
+    sizes = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        key = {("1", "Data"): "l1d", ("2", "Unified"): "l2", ("2", "Data"): "l2"}.get((level, kind))
+        units = {"K": 1 << 10, "M": 1 << 20}
+        if key and size[:-1].isdigit() and size[-1] in units:
+            sizes[key] = int(size[:-1]) * units[size[-1]]
+    return sizes
+
+
 def cpu_model_name() -> str:
     """This machine's CPU model, as /proc/cpuinfo names it (else what ``platform`` knows), for reports."""
     return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"

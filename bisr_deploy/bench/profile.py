@@ -71,7 +71,7 @@ def profile_calls(imported: ImportedModel, target: CompileTarget, repeat: int = 
 
     tir_mod, calls = lowered_calls(imported, target)
     lib = tvm.compile(tir_mod, target=target.tvm_target)
-    members = {layer.func_name: len(layer.members) for layer in imported.layers if layer.kind == "bisrconv_fused"}
+    members = {layer.func_name: len(layer.members) for layer in imported.layers if layer.members}
     members.update({layer.func_name: 1 for layer in imported.layers if layer.kind == "bisrconv"})
     rng = np.random.default_rng(0)
     rows = []

@@ -42,6 +42,10 @@ def _layer_records(imported: ImportedModel) -> list[LayerRecord]:
         if layer.kind == "upsample2x":
             records.append(LayerRecord(**common, shape=list(spec)))
             continue
+        if layer.kind == "bisrconv_feedforward":
+            records.append(LayerRecord(**common, shape=[spec.batch, spec.dim, spec.height, spec.width],
+                                       members=list(layer.members), band_rows=layer.band_rows))
+            continue
         common.update(kernel=list(spec.kernel), pads=list(spec.pads))
         if layer.kind == "bisrconv":
             records.append(LayerRecord(**common, shape=[spec.batch, spec.channels, spec.height, spec.width],
@@ -81,7 +85,8 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
         inputs=[TensorRecord(n, s) for n, s in zip(imported.input_names, imported.input_shapes)],
         output=TensorRecord(imported.output_name, imported.output_shape),
         target=TargetRecord(arch=target.arch, cpu=target.cpu, triple=target.triple, tvm_target=target.tvm_target,
-                            required_cpu_features=list(target.required_features)),
+                            required_cpu_features=list(target.required_features),
+                            l1d_bytes=target.schedule.l1d_bytes, l2_bytes=target.schedule.l2_bytes),
         versions={"bisr_deploy": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__},
         source={"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), **(source or {}),
                 **{k: v for k, v in meta.items() if k.startswith("bisr.source.")}},

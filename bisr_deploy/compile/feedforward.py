@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from .bitserial import DEFAULT_NORM_EPSILON, BiSRConvSpec, Fusion, bisrconv_compute, schedule_stages
 from .schedule import Schedule
 
-# A band's working set (band_bytes) may take this fraction of one core's L2; the rest holds the weights,
-# the block input's rows and what the hardware prefetches.
-L2_FRACTION = 0.5
+# A band's working set (band_bytes: the busiest stage's input and output rows) may take this fraction of one
+# core's L2. Measured on the development machine (2 MiB L2, FeedForward 28 x 256 x 256 alone, 1 thread,
+# /tmp-free script in docs/compiler.md): 5-8 rows (band_bytes 1.4-2.1 MB) fastest, 10 rows slower again.
+L2_FRACTION = 1.0
 
 
 @dataclass(frozen=True)

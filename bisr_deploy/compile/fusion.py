@@ -8,6 +8,7 @@ BiSRConvs become one fused kernel call each (``bitserial.Fusion``, manifest kind
 | ``(B1(X[:, :C]) + B2(X[:, C:])) / 2``, X possibly ``Concat((X1, X2))`` | ``mean`` (``split_input``) |
 | ``mean(...) + R`` | ``mean`` with ``residual`` |
 | ``Add(PRelu(Add(K, bias_in), slope), bias_out)``, K a single or ``concat`` kernel | K with ``post`` (RPReLU) |
+| ``mean`` + R of ``mean`` of the grouped 3x3 of FusionUp of FusionUp(LayerNorm(R)) (a ConvBlock FeedForward) | ``feedforward.py``: one band-fused kernel |
 
 The superseded kernel calls become dead code (removed by the next pass); the per-layer kernels stay in the
 library for the runtime's ``run_bisrconv``. See ``bitserial.bisrconv_compute`` for the arithmetic.
@@ -20,6 +21,7 @@ import functools
 
 from ..artifact import BISRCONV_PARAMS
 from .bitserial import Fusion, bisrconv_primfunc
+from .feedforward import FeedForwardSpec, band_rows, feedforward_primfunc
 from .lowering import LayerInfo, LoweringState, pass_mutator, run_pass
 
 
@@ -59,14 +61,23 @@ def fusion_class():
             gv = self._kernel(("bisrconv", spec, fusion),
                               lambda: bisrconv_primfunc(spec, schedule.lanes, fusion, schedule.row_band), name)
             self.state.bisr_kernels[name] = (spec, fusion)
-            members = tuple(a.name.rsplit(".", 1)[0] for a in args if a.name.endswith(".wwords"))
-            # The record goes right after its members' (graph order), replacing an earlier fusion of them.
-            layers = [layer for layer in self.state.layers if layer.kind != "bisrconv_fused" or layer.members != members]
-            at = 1 + max(i for i, layer in enumerate(layers) if layer.kind == "bisrconv" and layer.name in members)
-            layers.insert(at, LayerInfo(name, "bisrconv_fused", spec, name, members, fusion))
-            self.state.layers = layers
+            self._record(LayerInfo(name, "bisrconv_fused", spec, name, self._members(args), fusion))
             out = [spec.batch, fusion.output_channels(spec), spec.height, spec.width]
             return relax.call_tir(gv, args, relax.TensorType(out, "float32"))
+
+        @staticmethod
+        def _members(args) -> tuple[str, ...]:
+            """The BiSRConv nodes whose parameters ``args`` holds, in order."""
+            return tuple(a.name.rsplit(".", 1)[0] for a in args if a.name.endswith(".wwords"))
+
+        def _record(self, info: LayerInfo):
+            """Add the manifest record of a fused kernel right after its members' (graph order), replacing the
+            records of earlier fusions of some of them (their kernels are no longer called)."""
+            members = set(info.members)
+            layers = [layer for layer in self.state.layers if not layer.members or not set(layer.members) <= members]
+            at = 1 + max(i for i, layer in enumerate(layers) if layer.kind == "bisrconv" and layer.name in members)
+            layers.insert(at, info)
+            self.state.layers = layers
 
         def _fuse_concat(self, call):
             """Concat((B1(X), B2(X)), axis=1), B1, B2 of the same shape -> ``concat`` kernel."""
@@ -132,8 +143,42 @@ def fusion_class():
                 if not isinstance(r.ty, relax.TensorType) or r.ty.dtype != "float32" or \
                         [int(d) for d in r.ty.shape] != [spec.batch, spec.channels, spec.height, spec.width]:
                     return None
-                return self._fused_call(spec, Fusion("mean", split_input=split_input, residual=True), [*xs, *params, r])
+                fusion = Fusion("mean", split_input=split_input, residual=True)
+                block = self._fuse_feedforward(spec, fusion, [*xs, *params, r])
+                return self._fused_call(spec, fusion, [*xs, *params, r]) if block is None else block
             return None
+
+        def _fuse_feedforward(self, spec, fusion, args):
+            """The kernel call ``mean(X4) + R`` (``args``) closes a ConvBlock FeedForward if X4 comes from a
+            ``mean`` kernel of the grouped 3x3 + RPReLU of FusionUp + RPReLU of LayerNorm + FusionUp of R,
+            with exactly the stages of ``FeedForwardSpec`` -> the one band-fused kernel call; else None."""
+            chain = [(spec, fusion, args[1:-1], [])]  # the last stage, without X and R (R is the block input)
+            x = args[0]
+            for stage in range(3):
+                kernel = self._kernel_of(x)
+                if kernel is None:
+                    return None
+                _, (stage_spec, stage_fusion) = kernel
+                _, xs, params, extras = self._bisr_call(x, stage_fusion)
+                chain.insert(0, (stage_spec, stage_fusion, params, extras))
+                x = xs[0]
+            kernel = self._kernel_of(x)
+            if kernel is None or not kernel[1][1].norm:
+                return None
+            first_spec, first_fusion = kernel[1]
+            _, (x0,), params, extras = self._bisr_call(x, first_fusion)
+            chain.insert(0, (first_spec, first_fusion, params, extras))
+            ff = FeedForwardSpec(first_spec.batch, first_spec.channels, first_spec.height, first_spec.width,
+                                 first_fusion.norm_epsilon)
+            if [(s, f) for s, f, _, _ in chain] != list(ff.stages) or not x0.same_as(args[-1]):
+                return None
+            band = band_rows(ff, self.state.schedule)
+            lanes = self.state.schedule.lanes
+            gv = self._kernel(("feedforward", ff, band), lambda: feedforward_primfunc(ff, lanes, band), ff.name)
+            call_args = [x0, *(a for _, _, params, extras in chain for a in (*params, *extras))]
+            self._record(LayerInfo(ff.name, "bisrconv_feedforward", ff, ff.name, self._members(call_args),
+                                   band_rows=band))
+            return relax.call_tir(gv, call_args, relax.TensorType([ff.batch, ff.dim, ff.height, ff.width], "float32"))
 
         def _fuse_rprelu(self, call):
             """Add(PRelu(Add(K, bias_in), slope), bias_out) over channels, K a ``single`` or ``concat`` kernel's

@@ -41,11 +41,12 @@ class LayerInfo:
     """A kernel in the compiled module (for per-layer benchmarks): name, kind, spec, TIR function name."""
 
     name: str
-    kind: str  # "bisrconv" | "bisrconv_fused" | "conv2d" | "upsample2x"
-    spec: object
+    kind: str  # "bisrconv" | "bisrconv_fused" | "bisrconv_feedforward" | "conv2d" | "upsample2x"
+    spec: object  # bisrconv_feedforward: a feedforward.FeedForwardSpec
     func_name: str
-    members: tuple[str, ...] = ()  # bisrconv_fused: the BiSRConv nodes it computes, in order
+    members: tuple[str, ...] = ()  # bisrconv_fused, _feedforward: the BiSRConv nodes it computes, in order
     fusion: Fusion = Fusion()  # bisrconv_fused: what else it computes (bitserial.bisrconv_compute)
+    band_rows: int | None = None  # bisrconv_feedforward: output rows per band (feedforward.band_rows)
 
 
 @dataclass

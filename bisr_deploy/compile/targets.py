@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import BisrError
-from ..hostcpu import host_cpu_flags
+from ..hostcpu import host_cache_bytes, host_cpu_flags
 from .schedule import Schedule
+
+KIB = 1024
+# Per-core data caches (L1d, L2) of the named CPUs, which size the FeedForward kernel's bands; ``native``
+# reads this machine's (sysfs), else the generic core's of ``Schedule``.
+_X86_CACHES = {"znver4": (32 * KIB, 1024 * KIB), "skylake-avx512": (32 * KIB, 1024 * KIB),
+               "haswell": (32 * KIB, 256 * KIB)}
+# ARM: no CPU is named (generic ARMv8-A), so a documented common choice: Cortex-A76's 64 KiB L1d and 512 KiB L2.
+_ARM_CACHES = (64 * KIB, 512 * KIB)
 
 # LLVM feature name -> /proc/cpuinfo flag, for the instruction-set extensions LLVM selects instructions from.
 _LLVM_TO_CPUINFO = {
@@ -83,7 +91,11 @@ def _resolve_x86(cpu: str, num_cores: int | None, _ndk: str | None) -> CompileTa
             target["mattr"] = [f"-{llvm}" for llvm, flag in _LLVM_TO_CPUINFO.items() if flag in missing]
             required = tuple(f for f in required if f not in missing)
     wide = "avx512f" in required
-    return CompileTarget("x86", cpu, target, Schedule(lanes=16 if wide else 8), required_features=required)
+    host = host_cache_bytes() if cpu == "native" else {}
+    default = Schedule(lanes=0)
+    l1d, l2 = _X86_CACHES.get(cpu, (host.get("l1d", default.l1d_bytes), host.get("l2", default.l2_bytes)))
+    return CompileTarget("x86", cpu, target, Schedule(lanes=16 if wide else 8, l1d_bytes=l1d, l2_bytes=l2),
+                         required_features=required)
 
 
 # Only the generic ARMv8-A core for ARM: an -mcpu would let LLVM use extensions (dotprod, LSE, ...) that
@@ -98,7 +110,9 @@ def _resolve_aarch64(arch: str):
             target["num-cores"] = int(num_cores)
         # The NDK is checked here, before the long compile, not at link time.
         ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
-        return CompileTarget(arch, cpu, target, Schedule(lanes=4), required_features=("asimd",), ndk=ndk)
+        l1d, l2 = _ARM_CACHES
+        return CompileTarget(arch, cpu, target, Schedule(lanes=4, l1d_bytes=l1d, l2_bytes=l2),
+                             required_features=("asimd",), ndk=ndk)
 
     return resolve
 

@@ -31,14 +31,17 @@ from .cores import Core
 
 
 def _target(manifest: Manifest):
-    """The ``CompileTarget`` the artifact was built for (lanes as ``resolve_target`` chooses them)."""
+    """The ``CompileTarget`` the artifact was built for (lanes as ``resolve_target`` chooses them, the cache
+    sizes it recorded; artifacts of earlier versions: the generic core's)."""
     from ..compile.schedule import Schedule
     from ..compile.targets import CompileTarget
 
     target = manifest.target
     features = tuple(target.required_cpu_features)
     lanes = 4 if artifact_arch(manifest) == "aarch64" else (16 if "avx512f" in features else 8)
-    return CompileTarget(target.arch, target.cpu, target.tvm_target, Schedule(lanes=lanes), features)
+    caches = {name: value for name, value in (("l1d_bytes", target.l1d_bytes), ("l2_bytes", target.l2_bytes))
+              if value is not None}
+    return CompileTarget(target.arch, target.cpu, target.tvm_target, Schedule(lanes=lanes, **caches), features)
 
 
 def load_source_model(directory: Path, manifest: Manifest):
@@ -62,9 +65,9 @@ def layer_macs(imported) -> dict[str, tuple[int, int]]:
     for layer in imported.layers:
         spec = layer.spec
         if layer.kind in ("bisrconv", "bisrconv_fused"):
-            kh, kw = spec.kernel
-            per_layer = spec.batch * spec.channels * spec.height * spec.width * spec.group_channels * kh * kw
-            macs[layer.func_name] = (per_layer * max(1, len(layer.members)), 0)
+            macs[layer.func_name] = (spec.binary_macs * max(1, len(layer.members)), 0)
+        elif layer.kind == "bisrconv_feedforward":
+            macs[layer.func_name] = (spec.binary_macs, 0)
         elif layer.kind == "conv2d":
             kh, kw = spec.kernel
             outputs = spec.batch * spec.out_channels * spec.out_height * spec.out_width
