@@ -167,25 +167,33 @@ def test_layer_norm_fused_into_pack_bit_exact(c, h, w):
 
 
 def test_import_fuses_bisrnets_patterns(artifact64):
-    """The 64x64 network: its 59 BiSRConvs run as 33 kernel calls (pairs fused with their concat / mean, the
-    RPReLUs and block residuals in the epilogues); every per-layer kernel stays callable."""
+    """The 64x64 network: its 59 BiSRConvs run as 13 kernel calls (each ConvBlock FeedForward one band-fused
+    kernel, the other pairs fused with their concat / mean); every per-layer kernel stays callable."""
     import json
 
     out, _ = artifact64
-    layers = json.loads((out / "manifest.json").read_text())["layers"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    layers = manifest["layers"]
     fused = [layer for layer in layers if layer["kind"] == "bisrconv_fused"]
+    blocks = [layer for layer in layers if layer["kind"] == "bisrconv_feedforward"]
     single = {layer["name"] for layer in layers if layer["kind"] == "bisrconv"}
-    members = [m for layer in fused for m in layer["members"]]
+    members = [m for layer in fused + blocks for m in layer["members"]]
     assert len(single) == 59 and len(members) == len(set(members)) and set(members) <= single
-    assert len(fused) == 31 and len(members) == 57  # embedding, mapping: alone
+    assert len(blocks) == 5 and all(len(layer["members"]) == 9 for layer in blocks)  # FusionUp x2, 3x3, FusionDown x2
+    assert len(fused) == 6 and len(members) == 57  # embedding, mapping: alone
     kinds = {(layer["combine"], layer["split_input"], layer["residual"], layer["rprelu"], layer["layer_norm"])
              for layer in fused}
-    assert kinds == {("concat", False, False, False, True),  # PreNorm's LayerNorm + first FusionUp
-                     ("concat", False, False, False, False), ("concat", False, False, True, False),  # Downsample, FusionUp
-                     ("single", False, False, True, False),  # the grouped 3x3 and its RPReLU
-                     ("mean", False, False, False, False), ("mean", False, True, False, False),  # FusionDown, Upsample
+    assert kinds == {("concat", False, False, False, False),  # Downsample
+                     ("mean", False, False, False, False),  # Upsample
                      ("mean", True, False, False, False)}  # FusionDown of the decoder's Concat(up, skip)
-    assert sum(layer["layer_norm"] for layer in fused) == 5  # every ConvBlock's LayerNorm
+    target = manifest["target"]
+    assert target["l2_bytes"] > 0 and target["l1d_bytes"] > 0  # the caches that sized the bands
+    from bisr_deploy.compile.feedforward import FeedForwardSpec, band_rows
+    from bisr_deploy.compile.schedule import Schedule
+
+    schedule = Schedule(lanes=16, l1d_bytes=target["l1d_bytes"], l2_bytes=target["l2_bytes"])
+    assert [layer["band_rows"] for layer in blocks] == [band_rows(FeedForwardSpec(*layer["shape"]), schedule)
+                                                         for layer in blocks]
 
 
 @pytest.mark.parametrize("c,ks,group", [(28, 3, 1), (112, 3, 28), (56, 1, 1)])
