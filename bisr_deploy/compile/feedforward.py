@@ -22,8 +22,8 @@ from .bitserial import DEFAULT_NORM_EPSILON, BiSRConvSpec, Fusion, bisrconv_comp
 from .schedule import Schedule
 
 # A band's working set (band_bytes: the busiest stage's input and output rows) may take this fraction of one
-# core's L2. Measured on the development machine (2 MiB L2, FeedForward 28 x 256 x 256 alone, 1 thread,
-# /tmp-free script in docs/compiler.md): 5-8 rows (band_bytes 1.4-2.1 MB) fastest, 10 rows slower again.
+# core's L2: on the development machine (2 MiB L2) 5-8 rows of the 28 x 256 x 256 FeedForward (1.4-2.1 MB)
+# were fastest and 10 rows slower again (tools/bench_feedforward.py; docs/compiler.md).
 L2_FRACTION = 1.0
 
 
