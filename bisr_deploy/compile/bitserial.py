@@ -376,10 +376,9 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
 
 
 def layer_norm_stages(x, gamma, beta, epsilon: float, prefix: str = ""):
-    """LayerNorm of x [N, C, H, W] over C as TE stages ``x_sum``, ``x_mean``, ``x_var_sum``, ``norm`` (names
-    after ``prefix``): the
-    expressions of TVM's legalisation of ``relax.nn.layer_norm(axes=[1])`` (topi), so that a kernel computing
-    it gives the bits of the standalone LayerNorm."""
+    """LayerNorm of x [N, C, H, W] over C as TE stages ``x_sum``, ``x_mean``, ``x_var_sum``, ``norm`` (each name
+    after ``prefix``): the expressions of TVM's legalisation of ``relax.nn.layer_norm(axes=[1])`` (topi), so
+    that a kernel computing it gives the bits of the standalone LayerNorm."""
     from tvm import te, tirx
 
     n_, c, h, w = (int(d) for d in x.shape)
