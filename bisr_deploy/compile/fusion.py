@@ -154,28 +154,23 @@ def fusion_class():
             with exactly the stages of ``FeedForwardSpec`` -> the one band-fused kernel call; else None."""
             chain = [(spec, fusion, args[1:-1], [])]  # the last stage, without X and R (R is the block input)
             x = args[0]
-            for stage in range(3):
+            for _ in range(4):  # the four stages before it, last first
                 kernel = self._kernel_of(x)
                 if kernel is None:
                     return None
-                _, (stage_spec, stage_fusion) = kernel
+                stage_spec, stage_fusion = kernel[1]
                 _, xs, params, extras = self._bisr_call(x, stage_fusion)
                 chain.insert(0, (stage_spec, stage_fusion, params, extras))
                 x = xs[0]
-            kernel = self._kernel_of(x)
-            if kernel is None or not kernel[1][1].norm:
-                return None
-            first_spec, first_fusion = kernel[1]
-            _, (x0,), params, extras = self._bisr_call(x, first_fusion)
-            chain.insert(0, (first_spec, first_fusion, params, extras))
+            first_spec, first_fusion = chain[0][:2]
             ff = FeedForwardSpec(first_spec.batch, first_spec.channels, first_spec.height, first_spec.width,
                                  first_fusion.norm_epsilon)
-            if [(s, f) for s, f, _, _ in chain] != list(ff.stages) or not x0.same_as(args[-1]):
+            if not first_fusion.norm or [(s, f) for s, f, _, _ in chain] != list(ff.stages) or not x.same_as(args[-1]):
                 return None
             band = band_rows(ff, self.state.schedule)
             lanes = self.state.schedule.lanes
             gv = self._kernel(("feedforward", ff, band), lambda: feedforward_primfunc(ff, lanes, band), ff.name)
-            call_args = [x0, *(a for _, _, params, extras in chain for a in (*params, *extras))]
+            call_args = [x, *(a for _, _, params, extras in chain for a in (*params, *extras))]
             self._record(LayerInfo(ff.name, "bisrconv_feedforward", ff, ff.name, self._members(call_args),
                                    band_rows=band))
             return relax.call_tir(gv, call_args, relax.TensorType([ff.batch, ff.dim, ff.height, ff.width], "float32"))
