@@ -92,8 +92,7 @@ def _resolve_x86(cpu: str, num_cores: int | None, _ndk: str | None) -> CompileTa
             required = tuple(f for f in required if f not in missing)
     wide = "avx512f" in required
     host = host_cache_bytes() if cpu == "native" else {}
-    default = Schedule(lanes=0)
-    l1d, l2 = _X86_CACHES.get(cpu, (host.get("l1d", default.l1d_bytes), host.get("l2", default.l2_bytes)))
+    l1d, l2 = _X86_CACHES.get(cpu, (host.get("l1d", Schedule.l1d_bytes), host.get("l2", Schedule.l2_bytes)))
     return CompileTarget("x86", cpu, target, Schedule(lanes=16 if wide else 8, l1d_bytes=l1d, l2_bytes=l2),
                          required_features=required)
 
