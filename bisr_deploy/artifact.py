@@ -110,7 +110,7 @@ class Manifest:
     output: TensorRecord
     target: TargetRecord
     versions: dict[str, str]
-    source: dict[str, str]  # provenance: onnx_sha256, source file or checkpoint and its sha256
+    source: dict[str, str]  # where the weights came from: provenance.artifact_source
     params: list[str]
     layers: list[LayerRecord]
     files: dict[str, FileRecord] = field(default_factory=dict)

@@ -9,10 +9,11 @@ import click
 
 from .. import progress
 from .. import verify as v
-from ..artifact import Manifest, read_manifest
-from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from ..artifact import read_manifest
+from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, resolve_checkpoint
 from ..errors import BisrError
-from ..fileio import atomic_output, check_output, file_sha256, load_array
+from ..fileio import atomic_output, check_output, load_array
+from ..provenance import check_same_weights
 from . import checkpoint_option
 
 
@@ -50,7 +51,7 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
     ckpt = load_checkpoint(checkpoint_path)
     if ckpt.config.mode != manifest.mode:
         raise BisrError(f"the artifact is a {manifest.mode}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
-    _check_source(manifest, checkpoint_path, ckpt)
+    check_same_weights(manifest.source, resolve_checkpoint(checkpoint_path), ckpt.provenance)
     _, _, height, width = manifest.output.shape
     report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or DEFAULT_CHECKPOINT)
 
@@ -98,20 +99,6 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
             click.echo(f"FAIL {failure}", err=True)
         raise SystemExit(1)
     click.echo("PASS: every criterion holds")
-
-
-def _check_source(manifest: Manifest, checkpoint_path: str | None, ckpt) -> None:
-    """Refuse a checkpoint other than the one the artifact records as its source (when it records one): the
-    recorded sha256 is that of the checkpoint file, or, for an artifact compiled from an exported ONNX file, of
-    the file the checkpoint came from (its provenance: an authors' .pth behind a converted named checkpoint)."""
-    from ..checkpoint import resolve_checkpoint
-
-    source = manifest.source
-    recorded = source.get("checkpoint_sha256") or source.get("bisr.source.sha256")
-    accepted = {file_sha256(resolve_checkpoint(checkpoint_path)), ckpt.provenance.get("sha256")}
-    if recorded and recorded not in accepted:
-        raise BisrError(f"the artifact was compiled from another checkpoint (sha256 {recorded[:12]}...); "
-                        "give that one with --checkpoint")
 
 
 def _fmt(value, spec):
