@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from .. import progress
-from .. import verify as v
 from ..artifact import read_manifest
-from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, resolve_checkpoint
+from ..data.reference import DATA_ENV, reference_data
+from ..shipped import DEFAULT_CHECKPOINT, resolve_checkpoint
 from ..errors import BisrError
 from ..fileio import atomic_output, check_output, load_array
 from ..provenance import check_same_weights
@@ -23,7 +23,7 @@ from . import checkpoint_option
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help=f"Reference data laid out like the project's ../shared/data: hsi-scenes/ (ground-truth cubes), "
                    f"tsa-cassi/mask_simulation_256.mat or mask_real_660.mat, and for real-mode artifacts "
-                   f"tsa-cassi/real_measurements/. Default: ${v.DATA_ENV}, else ../shared/data of the current "
+                   f"tsa-cassi/real_measurements/. Default: ${DATA_ENV}, else ../shared/data of the current "
                    f"directory when it exists, else none (held-out synthetic scenes through the generated mask).")
 @click.option("--scenes", "scenes_dir", type=click.Path(file_okay=False), default=None,
               help="Folder of ground-truth cubes (default: hsi-scenes/ of the reference data).")
@@ -44,6 +44,8 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
 
     Exits with status 1 when a criterion fails (criteria: bisr_deploy/verify.py)."""
     from .. import emulation, runtime
+    from .. import verify as v
+    from ..checkpoint import load_checkpoint
 
     if json_path:
         check_output(json_path, "--json", (".json",), (checkpoint_path, mask_path, *Path(artifact).glob("*")))
@@ -56,9 +58,9 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
     report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or DEFAULT_CHECKPOINT)
 
     mode = manifest.mode
-    data = v.reference_data(data_dir, mode)
+    data = reference_data(data_dir, mode)
     if data is None:
-        report.skipped.append(f"reference scenes: no --data, ${v.DATA_ENV} or ../shared/data here")
+        report.skipped.append(f"reference scenes: no --data, ${DATA_ENV} or ../shared/data here")
     aperture = load_array(mask_path, mask_key) if mask_path else v.default_mask(mode, height, width, data)
     aperture = v.crop_mask(aperture, height, width)
     scenes = [("synthetic", s) for s in v.synthetic_scenes(synthetic, height, width, aperture, mode)]
@@ -105,9 +107,11 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def _print_table(report: v.Report) -> None:
-    """Scenes with their PSNR/SSIM of the artifact against PyTorch's output and (when known) of both against
-    ground truth; then the per-layer agreement."""
+def _print_table(report) -> None:
+    """``report`` (a ``verify.Report``): scenes with their PSNR/SSIM of the artifact against PyTorch's output and
+    (when known) of both against ground truth; then the per-layer agreement."""
+    from .. import verify as v
+
     click.echo(f"{'':<43} {'':<13} {'artifact vs PyTorch':^21} {'PSNR vs ground truth (dB)':^37} {'time':>8}")
     click.echo(f"{'scene':<43} {'kind':<13} {'PSNR dB':>13} {'SSIM':>7} {'artifact':>13} "
                f"{'PyTorch':>14} {'art-PyT':>7} {'ms':>8}")
