@@ -117,6 +117,8 @@ def feedforward_primfunc(spec: FeedForwardSpec, lanes: int, band: int):
         if k < len(stages):
             sch.compute_at(sch.get_sblock(prefix + "epilogue"), bands, preserve_unit_loops=True)
         schedule_stages(sch, *stages[k - 1], lanes, prefix, band=bands)
+    # The rows before the 3x3 are clamped at the image border, a region TVM's buffer compaction cannot shrink:
+    # a band touches at most band + 2 consecutive rows of them, so row y is stored at y mod (band + 2).
     halo = min(band + 2, spec.height)
     for name in ("s1_epilogue", "s2_epilogue", "s3_pack"):
         sch.transform_layout(sch.get_sblock(name), ("write", 0), lambda n, c, y, x: (n, c, y % halo, x),
