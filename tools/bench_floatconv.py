@@ -9,8 +9,12 @@ independent vector FMA chains, the fastest of 5 runs) measures vector FMAs per s
 chain (one FMA waiting for the last) gives the FMA latency in ns, which with the known latency of 4 cycles
 (Intel since Skylake, AMD since Zen 2) names the clock.
 
+``--core NAME`` (a core of ``bisr-deploy estimate --core list``) estimates instead of measuring: each kernel
+alone, compiled for that core's target (``--target arm`` for the ARM cores), through the estimator's static
+model (``estimate.loops``: llvm-mca on the compiled loops x TIR trip counts) at the core's clock.
+
     python tools/bench_floatconv.py [--checkpoint authors-sim] [--height 256 --width 256] [--cpu native]
-                                    [--rounds 40] [--tile 7,2] [--json OUT]
+                                    [--rounds 40] [--tile 7,2] [--core cortex-a76] [--json OUT]
 """
 
 from __future__ import annotations
@@ -111,6 +115,11 @@ def float_convs(checkpoint: str, height: int, width: int):
     return convs
 
 
+def spec_macs(spec) -> int:
+    return (spec.out_channels * spec.in_channels // spec.groups * spec.kernel[0] * spec.kernel[1]
+            * spec.out_height * spec.out_width * spec.batch)
+
+
 def kernel_ms(spec, target, schedule, rounds: int, rng) -> float:
     import tvm
 
@@ -130,6 +139,17 @@ def kernel_ms(spec, target, schedule, rounds: int, rng) -> float:
     return best * 1e3
 
 
+def estimated_ms(spec, target, schedule, core) -> float:
+    import tvm
+
+    from bisr_deploy.compile.floatconv import conv2d_primfunc
+    from bisr_deploy.estimate.loops import compile_kernels
+
+    kernels = compile_kernels(tvm.IRModule({"conv2d": conv2d_primfunc(spec, schedule)}), target.tvm_target)
+    cycles = kernels.cycles(core.mcpu)["conv2d"]
+    return (cycles["cycles"] + cycles["parallel_cycles"]) / (core.clock_ghz * 1e6)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="authors-sim", help="checkpoint name or path (default authors-sim)")
@@ -138,19 +158,44 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", default="native")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--tile", default=None, help="OUT,VECTORS: the register tile instead of the target's")
+    parser.add_argument("--core", default=None, help="estimate for this core instead of measuring")
     parser.add_argument("--json", default=None, help="Also write the rows as JSON here.")
     args = parser.parse_args(argv)
 
     from bisr_deploy.compile.targets import resolve_target
+    from bisr_deploy.estimate.cores import core_by_name
     from bisr_deploy.runtime import set_num_threads
 
     set_num_threads(1)
-    target = resolve_target("x86", args.cpu)
+    core = core_by_name(args.core) if args.core else None
+    target = resolve_target("arm" if core and core.arch == "aarch64" else "x86", "native" if core else args.cpu)
     schedule = target.schedule
     if args.tile:
         schedule = dataclasses.replace(schedule, conv_tile=tuple(int(v) for v in args.tile.split(",")))
+    convs = float_convs(args.checkpoint, args.height, args.width)
+    report = estimate_report(convs, target, schedule, core) if core else measure_report(convs, target, schedule,
+                                                                                          args.rounds)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def estimate_report(convs, target, schedule, core) -> dict:
+    """Each conv's estimate on ``core`` (printed); the JSON report."""
+    print(f"ESTIMATE for {core.name} @ {core.clock_ghz} GHz (llvm-mca {core.mcpu}), target {target.tvm_target}, "
+          f"conv_tile {schedule.conv_tile}")
+    rows = []
+    for name, spec in convs:
+        ms = estimated_ms(spec, target, schedule, core)
+        rows.append({"layer": name, "est_ms": ms, "macs_per_cycle": spec_macs(spec) / (ms * core.clock_ghz * 1e6)})
+        print(f"{name:<10}{ms:>8.2f} ms{rows[-1]['macs_per_cycle']:>8.2f} MACs/cycle")
+    return {"core": core.name, "target": target.tvm_target, "conv_tile": schedule.conv_tile, "rows": rows}
+
+
+def measure_report(convs, target, schedule, rounds: int) -> dict:
+    """The FMA peak and each conv's fastest time here (printed); the JSON report."""
     peak = fma_probe()
-    print(f"target {target.tvm_target}, conv_tile {schedule.conv_tile}, 1 thread, fastest of {args.rounds}")
+    print(f"target {target.tvm_target}, conv_tile {schedule.conv_tile}, 1 thread, fastest of {rounds}")
     print(f"FMA probe: {peak['vector_fmas_per_s'] / 1e9:.2f} G vector FMAs/s x {peak['lanes']} lanes = "
           f"{peak['peak_gmacs']:.1f} G MACs/s; clock {peak['clock_ghz']:.2f} GHz (dependent FMA = "
           f"{FMA_LATENCY_CYCLES} cycles), so {peak['fma_pipes']:.2f} FMA pipes")
@@ -159,19 +204,15 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     rows = []
     print(f"{'layer':<10}{'shape':<28}{'ms':>8}{'G MACs':>8}{'G MACs/s':>10}{'of peak':>9}")
-    for name, spec in float_convs(args.checkpoint, args.height, args.width):
-        ms = kernel_ms(spec, target, schedule, args.rounds, rng)
-        macs = (spec.out_channels * spec.in_channels // spec.groups * spec.kernel[0] * spec.kernel[1]
-                * spec.out_height * spec.out_width * spec.batch)
+    for name, spec in convs:
+        ms = kernel_ms(spec, target, schedule, rounds, rng)
+        macs = spec_macs(spec)
         rate = macs / ms / 1e6
         shape = f"{spec.kernel[0]}x{spec.kernel[1]} {spec.in_channels}->{spec.out_channels} @{spec.height}x{spec.width}"
         rows.append({"layer": name, "shape": shape, "ms": ms, "macs": macs, "gmacs_per_s": rate,
                      "fraction_of_peak": rate / peak["peak_gmacs"]})
         print(f"{name:<10}{shape:<28}{ms:>8.2f}{macs / 1e9:>8.3f}{rate:>10.1f}{rate / peak['peak_gmacs']:>8.0%}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"target": target.tvm_target, "conv_tile": schedule.conv_tile,
-                                               "peak": peak, "rows": rows}, indent=1) + "\n")
-    return 0
+    return {"target": target.tvm_target, "conv_tile": schedule.conv_tile, "peak": peak, "rows": rows}
 
 
 if __name__ == "__main__":
