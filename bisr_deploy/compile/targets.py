@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import BisrError
-from ..hostcpu import host_cpu_flags
+from ..hostcpu import host_arch, host_cpu_flags, host_triple, triple_arch
 from .schedule import schedule_for
 
 # LLVM feature name -> /proc/cpuinfo flag, for the instruction-set extensions LLVM selects instructions from.
@@ -152,6 +152,19 @@ def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None
     return entry.resolve(cpu, num_cores, ndk)
 
 
+def host_target(cpu: str = "native") -> CompileTarget:
+    """The target of this machine (the first ``TARGETS`` entry for its architecture: x86 or arm) with ``cpu``;
+    ``BisrError`` on a machine no entry covers."""
+    for entry in TARGETS.values():
+        if triple_arch(entry.triple) == host_arch():
+            return resolve_target(entry.name, cpu)
+    raise BisrError(f"no compile target for this machine's architecture ({host_arch()}); "
+                    f"supported: {', '.join(TARGETS)}")
+
+
 def fcompile_for(target: CompileTarget):
-    """The ``fcompile`` for ``export_library``: None (the host compiler) for x86, a cross linker for ARM."""
+    """The ``fcompile`` for ``export_library``: the target's linker (a cross linker for ARM), or None (the host
+    compiler) when the target is this machine's own (an ARM build on an aarch64 board)."""
+    if target.triple == host_triple():
+        return None
     return TARGETS[target.arch].linker(target)

@@ -18,7 +18,6 @@ gives, for every kernel call of ``main`` in execution order:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,21 +37,6 @@ def _target(manifest: Manifest):
     target = manifest.target
     features = tuple(target.required_cpu_features)
     return CompileTarget(target.arch, target.cpu, target.tvm_target, schedule_for(features), features)
-
-
-def load_source_model(directory: Path, manifest: Manifest):
-    """The artifact's ``model.onnx``, checked against the manifest's ``source.onnx_sha256``."""
-    import onnx
-
-    from ..artifact import SOURCE_MODEL
-
-    path = directory / SOURCE_MODEL
-    if not path.is_file() or SOURCE_MODEL not in manifest.files:
-        raise BisrError(f"{directory} has no {SOURCE_MODEL} (compiled by an older bisr-deploy): compile it again")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != manifest.source.get("onnx_sha256"):
-        raise BisrError(f"{path} is not the model this artifact was compiled from (sha256 differs)")
-    return onnx.load_model_from_string(data)
 
 
 def layer_macs(imported) -> dict[str, tuple[int, int]]:
@@ -112,7 +96,9 @@ class PreparedArtifact:
 def prepare_artifact(directory, float_build: bool = False) -> PreparedArtifact:
     """Re-import, lower and assemble the artifact's kernels (the slow part: a TVM build and llc).
     ``float_build``: the same graph with BiSR-Conv in float32 ops (the bench's ``tvm-fp32`` backend)."""
-    from ..artifact import read_manifest
+    import onnx
+
+    from ..artifact import read_manifest, read_source_model
     from ..bench.profile import lowered_calls
     from ..compile.onnx_import import import_onnx
     from .loops import compile_kernels
@@ -120,7 +106,7 @@ def prepare_artifact(directory, float_build: bool = False) -> PreparedArtifact:
     directory = Path(directory)
     manifest = read_manifest(directory)
     target = _target(manifest)
-    model = load_source_model(directory, manifest)
+    model = onnx.load_model_from_string(read_source_model(directory, manifest))
     try:
         imported = import_onnx(model, target.schedule, bitserial=not float_build)
     except BisrError:
@@ -188,8 +174,7 @@ def measure_artifact(model, report: dict, rounds: int = 10) -> None:
     from ..bench.runners import bench_inputs
     from ..runtime import set_num_threads
 
-    height, width = model.manifest.output.shape[2:]
-    y, mask = bench_inputs(height, width, model.manifest.mode)
+    y, mask = bench_inputs([record.shape for record in model.manifest.inputs])
     set_num_threads(report["threads"])
     fastest = None
     for _ in range(rounds):
