@@ -4,10 +4,11 @@ TVM's default Relax CPU pipeline legalises ``nn.conv2d`` to an unscheduled loop 
 convolutions (``fution`` 1x1 56->28, ``conv_in``/``conv_out`` 3x3 28->28) would dominate the run time.
 This kernel keeps a register tile of accumulators, ``Schedule.conv_tile`` = (output channels, vectors along
 the row) (``tile_for``): the image width is the vector axis, each input vector load feeds one FMA per output
-channel of the tile and each broadcast weight one per vector, so loads stay below the FMAs. Bands of
-``Schedule.row_band`` output rows run in parallel; each band zero-pads its input rows (and their halo) into
-a buffer of its own (cache-resident; the interior columns are one vector copy), so no padded copy of the
-whole input goes through memory. docs/compiler.md ("Float convolutions") has the tiles and the measurements.
+channel of the tile and each broadcast weight one per vector, so loads stay below the FMAs. Bands of output
+rows (the largest height divisor up to ``Schedule.row_band``) run in parallel; each band zero-pads its input
+rows (and their halo) into a buffer of its own (cache-resident; the interior columns are one vector copy),
+so no padded copy of the whole input goes through memory. docs/compiler.md ("The float convolutions") has
+the tiles and the measurements; the reduction order per output is the same for every tile.
 
 ``conv2d_primfunc(spec, schedule)`` -> PrimFunc with params (X [N,Ci,H,W], W [Co,Ci/groups,KH,KW], Y [N,Co,Ho,Wo]).
 The TVM fp32 baseline also runs BiSRNet's binary convolutions (±1 weights, grouped 3x3) through it.

@@ -21,7 +21,7 @@ class Schedule:
 def schedule_for(features) -> Schedule:
     """The ``Schedule`` of code that may use the CPU ``features`` (flags as Linux spells them): NEON (``asimd``),
     AVX-512 (``avx512f``) or AVX2. ``conv_tile``: the fastest tile per vector instruction set, measured on
-    AVX-512 and estimated (llvm-mca, Cortex-A76) on NEON (docs/compiler.md, "Float convolutions")."""
+    AVX-512 and estimated (llvm-mca, Cortex-A76) on NEON (docs/compiler.md, "The float convolutions")."""
     if "asimd" in features:
         return Schedule(lanes=4, conv_tile=(4, 4))
     if "avx512f" in features:
