@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..errors import BisrError
 from ..hostcpu import host_arch, host_cpu_flags, host_triple, triple_arch
-from .schedule import Schedule
+from .schedule import schedule_for
 
 # LLVM feature name -> /proc/cpuinfo flag, for the instruction-set extensions LLVM selects instructions from.
 _LLVM_TO_CPUINFO = {
@@ -82,8 +82,7 @@ def _resolve_x86(cpu: str, num_cores: int | None, _ndk: str | None) -> CompileTa
         if missing:  # LLVM's name for this CPU claims more than the (virtual) machine exposes
             target["mattr"] = [f"-{llvm}" for llvm, flag in _LLVM_TO_CPUINFO.items() if flag in missing]
             required = tuple(f for f in required if f not in missing)
-    wide = "avx512f" in required
-    return CompileTarget("x86", cpu, target, Schedule(lanes=16 if wide else 8), required_features=required)
+    return CompileTarget("x86", cpu, target, schedule_for(required), required_features=required)
 
 
 # Only the generic ARMv8-A core for ARM: an -mcpu would let LLVM use extensions (dotprod, LSE, ...) that
@@ -98,7 +97,8 @@ def _resolve_aarch64(arch: str):
             target["num-cores"] = int(num_cores)
         # The NDK is checked here, before the long compile, not at link time.
         ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
-        return CompileTarget(arch, cpu, target, Schedule(lanes=4), required_features=("asimd",), ndk=ndk)
+        features = ("asimd",)
+        return CompileTarget(arch, cpu, target, schedule_for(features), required_features=features, ndk=ndk)
 
     return resolve
 

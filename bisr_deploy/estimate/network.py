@@ -33,14 +33,13 @@ from .cores import Core
 
 
 def _target(manifest: Manifest):
-    """The ``CompileTarget`` the artifact was built for (lanes as ``resolve_target`` chooses them)."""
-    from ..compile.schedule import Schedule
+    """The ``CompileTarget`` the artifact was built for (its schedule as ``resolve_target`` chooses it)."""
+    from ..compile.schedule import schedule_for
     from ..compile.targets import CompileTarget
 
     target = manifest.target
     features = tuple(target.required_cpu_features)
-    lanes = 4 if artifact_arch(manifest) == "aarch64" else (16 if "avx512f" in features else 8)
-    return CompileTarget(target.arch, target.cpu, target.tvm_target, Schedule(lanes=lanes), features)
+    return CompileTarget(target.arch, target.cpu, target.tvm_target, schedule_for(features), features)
 
 
 def layer_macs(imported) -> dict[str, tuple[int, int]]:
