@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..errors import BisrError
 from ..hostcpu import host_arch, host_cpu_flags, host_triple, triple_arch
-from .schedule import schedule_for
+from .schedule import Schedule, schedule_for
 
 # LLVM feature name -> /proc/cpuinfo flag, for the instruction-set extensions LLVM selects instructions from.
 _LLVM_TO_CPUINFO = {
