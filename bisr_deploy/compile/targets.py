@@ -13,12 +13,12 @@ Adding a target means adding one entry (docs/compiler.md shows how).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..errors import BisrError
 from ..hostcpu import host_arch, host_cache_bytes, host_cpu_flags, host_triple, triple_arch
-from .schedule import Schedule
+from .schedule import Schedule, schedule_for
 
 KIB = 1024
 # Per-core data caches (L1d, L2) of the named CPUs, which size the FeedForward kernel's bands; ``native``
@@ -90,10 +90,9 @@ def _resolve_x86(cpu: str, num_cores: int | None, _ndk: str | None) -> CompileTa
         if missing:  # LLVM's name for this CPU claims more than the (virtual) machine exposes
             target["mattr"] = [f"-{llvm}" for llvm, flag in _LLVM_TO_CPUINFO.items() if flag in missing]
             required = tuple(f for f in required if f not in missing)
-    wide = "avx512f" in required
     host = host_cache_bytes() if cpu == "native" else {}
     l1d, l2 = _X86_CACHES.get(cpu, (host.get("l1d", Schedule.l1d_bytes), host.get("l2", Schedule.l2_bytes)))
-    return CompileTarget("x86", cpu, target, Schedule(lanes=16 if wide else 8, l1d_bytes=l1d, l2_bytes=l2),
+    return CompileTarget("x86", cpu, target, replace(schedule_for(required), l1d_bytes=l1d, l2_bytes=l2),
                          required_features=required)
 
 
@@ -109,9 +108,10 @@ def _resolve_aarch64(arch: str):
             target["num-cores"] = int(num_cores)
         # The NDK is checked here, before the long compile, not at link time.
         ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
+        features = ("asimd",)
         l1d, l2 = _ARM_CACHES
-        return CompileTarget(arch, cpu, target, Schedule(lanes=4, l1d_bytes=l1d, l2_bytes=l2),
-                             required_features=("asimd",), ndk=ndk)
+        return CompileTarget(arch, cpu, target, replace(schedule_for(features), l1d_bytes=l1d, l2_bytes=l2),
+                             required_features=features, ndk=ndk)
 
     return resolve
 

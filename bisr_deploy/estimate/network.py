@@ -11,9 +11,12 @@ gives, for every kernel call of ``main`` in execution order:
   parallel loops is divided by ``threads``;
 - ``dram_bytes``: ``dram_traffic``, a buffer-granular LRU of the core's cache (L2 per thread + L3): an input
   not resident is read from DRAM, a written buffer pushed out of the cache is written back;
-- ``est_ms = max(compute, DRAM time)`` (a roofline per call) and ``bound``: which of the two is larger.
+- ``est_ms = max(compute, DRAM time)`` (a roofline per call) and ``bound``: which of the two is larger;
+- ``roofline_ms``: the call's floor on this core, ``max(compute_floor_ms, dram_ms)``, with ``compute_floor_ms``
+  its binary MACs at ``Core.binary_macs_per_cycle`` plus its float MACs at ``Core.fmas_per_cycle``.
 
-``measure_artifact`` adds the in-network time of every call (``bench.profile.network_calls``) and the total.
+``measure_artifact`` adds the in-network time of every call (``bench.profile.network_calls``), the total, and
+per call ``roofline_fraction = roofline_ms / measured_ms``: how close the kernel runs to its floor.
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ from .cores import Core
 
 
 def _target(manifest: Manifest):
-    """The ``CompileTarget`` the artifact was built for (lanes as ``resolve_target`` chooses them, the cache
-    sizes it recorded; artifacts of earlier versions: the generic core's)."""
-    from ..compile.schedule import Schedule
+    """The ``CompileTarget`` the artifact was built for (its schedule as ``resolve_target`` chooses it, with
+    the cache sizes it recorded; artifacts of earlier versions: the generic core's)."""
+    from dataclasses import replace
+
+    from ..compile.schedule import schedule_for
     from ..compile.targets import CompileTarget
 
     target = manifest.target
     features = tuple(target.required_cpu_features)
-    lanes = 4 if artifact_arch(manifest) == "aarch64" else (16 if "avx512f" in features else 8)
     caches = {name: value for name, value in (("l1d_bytes", target.l1d_bytes), ("l2_bytes", target.l2_bytes))
               if value is not None}
-    return CompileTarget(target.arch, target.cpu, target.tvm_target, Schedule(lanes=lanes, **caches), features)
+    return CompileTarget(target.arch, target.cpu, target.tvm_target, replace(schedule_for(features), **caches),
+                         features)
 
 
 def layer_macs(imported) -> dict[str, tuple[int, int]]:
@@ -155,11 +160,13 @@ def estimate(prepared: PreparedArtifact, core: Core, clock_ghz: float | None = N
         compute_ms = compute / (clock_ghz * 1e6)
         dram_ms = dram / (dram_gbs * 1e6)
         binary, flt = prepared.macs.get(name, (0, 0))
+        floor_ms = (binary / core.binary_macs_per_cycle + flt / core.fmas_per_cycle) / threads / (clock_ghz * 1e6)
         kernels.append({
             "call": k, "function": name, "binary_macs": binary, "float_macs": flt, "dram_bytes": dram,
             "compute_cycles": round(compute), "compute_ms": compute_ms, "dram_ms": dram_ms,
             "est_ms": max(compute_ms, dram_ms), "bound": "compute" if compute_ms >= dram_ms else "dram",
             "binary_macs_per_cycle": binary / compute if compute else 0.0,
+            "compute_floor_ms": floor_ms, "roofline_ms": max(floor_ms, dram_ms),
             "loops": record["loops"],
         })
     return {"artifact": str(prepared.directory), "core": core.name, "llvm_mcpu": core.mcpu, "clock_ghz": clock_ghz,
@@ -190,6 +197,7 @@ def measure_artifact(model, report: dict, rounds: int = 10) -> None:
     for kernel, ms in zip(report["kernels"], fastest):
         kernel["measured_ms"] = ms
         kernel["error"] = kernel["est_ms"] / ms - 1 if ms else None
+        kernel["roofline_fraction"] = kernel["roofline_ms"] / ms if ms else None
     report["measured_total_ms"] = sum(fastest)
     report["total_error"] = report["total_ms"] / report["measured_total_ms"] - 1
 
