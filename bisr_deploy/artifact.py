@@ -189,6 +189,8 @@ def _check_types(where: str, manifest: dict) -> None:
     need(isinstance(output, dict) and _is_shape(output.get("shape"), 4), "'output' needs a shape of 4 positive integers")
     target = manifest["target"]
     need(isinstance(target, dict) and isinstance(target.get("triple"), str), "'target' must be a record with a triple")
+    need(all(target.get(k) is None or (isinstance(target[k], int) and not isinstance(target[k], bool) and target[k] > 0)
+             for k in ("l1d_bytes", "l2_bytes")), "'target.l1d_bytes' and 'l2_bytes' must be positive integers")
     features = target.get("required_cpu_features", [])
     need(isinstance(features, list) and all(isinstance(f, str) for f in features),
          "'target.required_cpu_features' must be a list of names")

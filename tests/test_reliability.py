@@ -285,6 +285,7 @@ def test_manifest_shapes_and_params_are_checked(artifact, inputs64, tmp_path):
         "files as a list": lambda m: m.update(files=list(m["files"])),
         "files entry as a string": lambda m: m["files"].update({"model.so": "abc"}),
         "target as a string": lambda m: m.update(target="x86_64"),
+        "cache size as a string": lambda m: m["target"].update(l2_bytes="2 MiB"),
         "empty inputs": lambda m: m.update(inputs=[]),
         "output shape of strings": lambda m: m["output"].update(shape=["1", "28"]),
     }
