@@ -83,6 +83,26 @@ FUSIONS = [Fusion("concat"), Fusion("concat", post=True), Fusion(post=True), Fus
 def test_fused_kernels_bit_exact(c, h, w, ks, group):
     """Every Fusion of two BiSRConvs (+ mean / concat, residual, RPReLU) equals the graph's ops, float32 step by
     step, on the reference of each layer: the plane-wise, the tap-packed (4 ch/group) and a straddling layout."""
+    check_fused_kernels(c, h, w, ks, group, FUSIONS)
+    with pytest.raises(BisrError, match="unsupported fusion"):
+        Fusion("concat", residual=True)
+
+
+@pytest.mark.parametrize("c,h,w,ks,group,blocks", [
+    (28, 3, 32, 1, 1, (2, 4)),   # the ARM schedule's block: 2 channels x 4 vectors (x86: 2 vectors of 16)
+    (40, 5, 12, 3, 4, (2, 4)),   # 3 vectors of 4 per row: 3 per block; groups straddle words
+    (112, 4, 16, 3, 28, (3, 2)),  # tap-packed; 3 does not divide 112 (single): 2 channels per block
+    (7, 3, 20, 3, 1, (2, 4)),    # 7 output channels (single): 1 per block, 14 (concat): 2
+])
+def test_register_blocked_kernels_bit_exact(c, h, w, ks, group, blocks):
+    """Register blocking (``Schedule.out_block`` x ``pixel_block``, lowered to divisors of odd sizes) computes
+    the same bits as the reference, fused or not."""
+    fusions = [Fusion(post=True), Fusion("concat", post=True), Fusion("mean", split_input=True, residual=True)]
+    check_fused_kernels(c, h, w, ks, group, fusions, *blocks)
+
+
+def check_fused_kernels(c, h, w, ks, group, fusions, out_block=1, pixel_block=1):
+    """Each of ``fusions``, compiled for this machine with the given register blocks, against the reference."""
     rng = np.random.default_rng(c + h)
     p = (ks - 1) // 2
     spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p,) * 4, group)
@@ -93,7 +113,7 @@ def test_fused_kernels_bit_exact(c, h, w, ks, group):
     node = lambda inputs: type("Node", (), {"spec": spec, "inputs": inputs})  # noqa: E731
     params = [*kernel_params(node(i1)).values(), *kernel_params(node(i2)).values()]
     layer = lambda x, i, _signs: bisrconv_op.reference(x, i, (ks, ks), (p,) * 4, group).astype(np.float32)  # noqa: E731
-    for fusion in FUSIONS:
+    for fusion in fusions:
         args = params[:len(BISRCONV_PARAMS) * fusion.layers]
         if fusion.combine == "single":
             xs, want = [x1], layer(x1, i1, s1)
@@ -109,12 +129,11 @@ def test_fused_kernels_bit_exact(c, h, w, ks, group):
             t = want + b0
             want = np.where(t > 0, t, slope * t) + b1
             args = args + [a[:want.shape[1]] for a in post]
-        lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, TARGET.lanes, fusion)}), target=TARGET.tvm_target)
+        func = bisrconv_primfunc(spec, TARGET.lanes, fusion, out_block=out_block, pixel_block=pixel_block)
+        lib = tvm.compile(tvm.IRModule({"bisrconv": func}), target=TARGET.tvm_target)
         out = tvm.runtime.empty(want.shape, "float32")
         lib["bisrconv"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [*xs, *args]), out)
         np.testing.assert_array_equal(out.numpy(), want.astype(np.float32), err_msg=str(fusion))
-    with pytest.raises(BisrError, match="unsupported fusion"):
-        Fusion("concat", residual=True)
 
 
 def standalone_layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:

@@ -260,14 +260,16 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
         return tirx.Select(l == 0, layers[0][name][index], layers[1][name][index])
 
     def pack(n, q, y, xx):
+        """Channels from the word's last down to its first, each shifted in at bit 0: the shift-and-insert
+        chain (``(word << 1) | bit``) that NEON does in one ``sli`` per channel; channel c lands at bit c % 32."""
         l, p = (0, q) if n_layers == 1 else (q // words, q % words)
         word = None
-        for bit in range(WORD_BITS):
+        for bit in reversed(range(WORD_BITS)):
             ch = tirx.min(p * WORD_BITS + bit, c - 1)
             positive = tirx.all(p * WORD_BITS + bit < c,
                                 param("redist_scale", l, ch) * x_at(n, l, ch, y, xx) > -param("redist_bias", l, ch))
-            term = tirx.Select(positive, tirx.const(1 << bit, u32), tirx.const(0, u32))
-            word = term if word is None else word | term
+            term = tirx.Select(positive, tirx.const(1, u32), tirx.const(0, u32))
+            word = term if word is None else (word << tirx.const(1, u32)) | term
         return word
 
     packed = te.compute((n_, n_layers * words, h, w), pack, name="pack")
@@ -398,10 +400,14 @@ def _layer_norm_at(sch, rows, lanes: int) -> None:
 
 
 def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
-                      row_band: int = Schedule.row_band):
+                      row_band: int = Schedule.row_band, out_block: int = Schedule.out_block,
+                      pixel_block: int = Schedule.pixel_block):
     """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
     vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
-    reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators."""
+    reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators. One
+    iteration of the innermost loop computes ``out_block`` output channels x ``pixel_block`` vectors of
+    pixels (register blocking; each is lowered to the largest divisor of the layer's channels, resp. of the
+    row's vectors, not above it)."""
     from tvm import s_tir, te
 
     if fusion.norm and spec.padded:
@@ -414,15 +420,28 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
     pack = sch.get_sblock("pack")
     epi = sch.get_sblock("epilogue")
     conv = sch.get_sblock("conv")
+    ob = max(d for d in range(1, out_block + 1) if spec.channels % d == 0)  # a block stays in one layer
+    xb = max(d for d in range(1, pixel_block + 1) if spec.width % (d * lanes) == 0)
     n, o, y, xx = sch.get_loops(epi)
-    xo, xi = sch.split(xx, [None, lanes])
-    sch.reorder(n, y, o, xo, xi)
+    oo, oi = sch.split(o, [None, ob])
+    xo, xm, xi = sch.split(xx, [None, xb, lanes])
+    sch.reorder(n, y, oo, xo, oi, xm, xi)
     rows = sch.fuse(n, y)
     sch.vectorize(xi)
+    if ob > 1:
+        sch.unroll(oi)
+    if xb > 1:
+        sch.unroll(xm)
     sch.set_scope(conv, 0, "local")
     sch.compute_at(conv, xo)
-    below = sch.get_loops(conv)[3:]  # below (rows, o, xo); unit loops are gone
-    layer, (cx, *reduction) = (below[0], below[1:]) if fusion.combine == "mean" else (None, below)
+    below = sch.get_loops(conv)[3:]  # below (rows, o, xo): [layer (mean)], [block channel], x, reduction
+    layer, below = (below[0], below[1:]) if fusion.combine == "mean" else (None, below)
+    if ob > 1:
+        sch.unroll(below.pop(0))
+    cx, *reduction = below
+    if xb > 1:
+        block_x, cx = sch.split(cx, [xb, lanes])
+        sch.unroll(block_x)
     if reduction:
         sch.reorder(*reduction, cx)
     if layer is not None:

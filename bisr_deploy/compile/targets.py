@@ -98,7 +98,10 @@ def _resolve_aarch64(arch: str):
             target["num-cores"] = int(num_cores)
         # The NDK is checked here, before the long compile, not at link time.
         ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
-        return CompileTarget(arch, cpu, target, Schedule(lanes=4), required_features=("asimd",), ndk=ndk)
+        # 2 output channels x 4 vectors per iteration of the bitserial kernels: the block that
+        # `bisr-deploy estimate --core cortex-a76` found fastest (docs/arm.md)
+        schedule = Schedule(lanes=4, out_block=2, pixel_block=4)
+        return CompileTarget(arch, cpu, target, schedule, required_features=("asimd",), ndk=ndk)
 
     return resolve
 
