@@ -259,6 +259,15 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
             return layers[0][name][index]
         return tirx.Select(l == 0, layers[0][name][index], layers[1][name][index])
 
+    def popcount_sum(words_):
+        """Σ popcount over the window's words as one expression (no reduction stage: the sum stays in registers
+        of the epilogue that inlines it, and the weights stay loop-invariant)."""
+        total = None
+        for diff in words_:
+            term = tirx.popcount(diff).astype("int32")
+            total = term if total is None else total + term
+        return total
+
     def pack(n, q, y, xx):
         """Channels from the word's last down to its first, each shifted in at bit 0: the shift-and-insert
         chain (``(word << 1) | bit``) that NEON does in one ``sli`` per channel; channel c lands at bit c % 32."""
@@ -298,22 +307,17 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
             return word
 
         windows = te.compute((n_, n_layers, spec.group, spec.tap_words, h, w), gather, name="gather")
-        t_ax = te.reduce_axis((0, spec.tap_words), name="t")
-
         def conv(n, l, o, y, xx):
-            diff = windows[n, l, o // cg, t_ax, y, xx] ^ param("wwords", l, o, t_ax)
-            return te.sum(tirx.popcount(diff).astype("int32"), axis=[t_ax])
+            return popcount_sum(windows[n, l, o // cg, t, y, xx] ^ param("wwords", l, o, t)
+                                for t in range(spec.tap_words))
     else:
-        j = te.reduce_axis((0, nwg), name="j")
-        ru = te.reduce_axis((0, kh), name="ru")
-        rv = te.reduce_axis((0, kw), name="rv")
-
         def conv(n, l, o, y, xx):
-            plane = l * words + tirx.min(spec.base_word(o) + j, words - 1)
-            diff = source[n, plane, y + ru, xx + rv] ^ param("wwords", l, o, j, ru, rv)
-            if spec.group > 1:
-                diff = diff & param("wmask", l, o, j)
-            return te.sum(tirx.popcount(diff).astype("int32"), axis=[j, ru, rv])
+            def word(j, ru, rv):
+                plane = l * words + tirx.min(spec.base_word(o) + j, words - 1)
+                diff = source[n, plane, y + ru, xx + rv] ^ param("wwords", l, o, j, ru, rv)
+                return diff & param("wmask", l, o, j) if spec.group > 1 else diff
+
+            return popcount_sum(word(j, ru, rv) for j in range(nwg) for ru in range(kh) for rv in range(kw))
 
     mismatches = te.compute((n_, n_layers, c, h, w), conv, name="conv")
 
@@ -432,23 +436,7 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
         sch.unroll(oi)
     if xb > 1:
         sch.unroll(xm)
-    sch.set_scope(conv, 0, "local")
-    sch.compute_at(conv, xo)
-    below = sch.get_loops(conv)[3:]  # below (rows, o, xo): [layer (mean)], [block channel], x, reduction
-    layer, below = (below[0], below[1:]) if fusion.combine == "mean" else (None, below)
-    if ob > 1:
-        sch.unroll(below.pop(0))
-    cx, *reduction = below
-    if xb > 1:
-        block_x, cx = sch.split(cx, [xb, lanes])
-        sch.unroll(block_x)
-    if reduction:
-        sch.reorder(*reduction, cx)
-    if layer is not None:
-        sch.unroll(layer)
-    sch.vectorize(cx)
-    for loop in reduction:
-        sch.unroll(loop)
+    sch.compute_inline(conv)
     if spec.padded:  # KxK: bands of row_band output rows; each packs and pads its rows (+ the window's
         # neighbours, recomputed by the next band) just before its convolutions, so X's rows are still in
         # cache for the residual
@@ -478,6 +466,4 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
     sch.parallel(outer)
     if fusion.norm:  # 1x1 only: rows is outer
         _layer_norm_at(sch, rows, lanes)
-    init = sch.decompose_reduction(conv, reduction[0] if reduction else cx)
-    sch.vectorize(sch.get_loops(init)[-1])
     return sch.mod["main"]
