@@ -358,9 +358,11 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
 
 
 def layer_norm_stages(x, gamma, beta, epsilon: float):
-    """LayerNorm of x [N, C, H, W] over C as TE stages ``x_sum``, ``x_mean``, ``x_var_sum``, ``norm``: the
-    expressions of TVM's legalisation of ``relax.nn.layer_norm(axes=[1])`` (topi), so that a kernel computing
-    it gives the bits of the standalone LayerNorm."""
+    """LayerNorm of x [N, C, H, W] over C as TE stages ``x_sum``, ``x_mean``, ``x_var_sum``, ``x_rstd``,
+    ``norm``: the expressions of TVM's legalisation of ``relax.nn.layer_norm(axes=[1])`` (topi), so that a
+    kernel computing it gives the bits of the standalone LayerNorm (the mean and the reciprocal standard
+    deviation are stages of their own, computed once per pixel rather than once per channel and pixel: the
+    same float32 values)."""
     from tvm import te, tirx
 
     n_, c, h, w = (int(d) for d in x.shape)
@@ -372,8 +374,9 @@ def layer_norm_stages(x, gamma, beta, epsilon: float):
     x_var_sum = te.compute((n_, h, w), lambda n, y, xx: te.sum(
         (x[n, kv, y, xx] - x_mean[n, y, xx]) * (x[n, kv, y, xx] - x_mean[n, y, xx]), axis=kv), name="x_var_sum")
     eps = tirx.const(epsilon, "float32")
+    x_rstd = te.compute((n_, h, w), lambda n, y, xx: tirx.rsqrt(x_var_sum[n, y, xx] / count + eps), name="x_rstd")
     return te.compute((n_, c, h, w), lambda n, ch, y, xx: (x[n, ch, y, xx] - x_mean[n, y, xx])
-                      * tirx.rsqrt(x_var_sum[n, y, xx] / count + eps) * gamma[ch] + beta[ch], name="norm")
+                      * x_rstd[n, y, xx] * gamma[ch] + beta[ch], name="norm")
 
 
 def _vectorize_row(sch, pack, lanes: int) -> None:
@@ -387,12 +390,12 @@ def _vectorize_row(sch, pack, lanes: int) -> None:
 def _layer_norm_at(sch, rows, lanes: int) -> None:
     """``layer_norm_stages`` computed row by row at ``rows`` (one row of C channels, in L1), before the pack and
     epilogue that read it: the statistics' channel sums outside, the row's x in vectors of ``lanes``."""
-    sch.compute_inline(sch.get_sblock("x_mean"))
-    norm = sch.get_sblock("norm")
-    for block in (norm, sch.get_sblock("x_var_sum"), sch.get_sblock("x_sum")):  # consumers first
+    stages = [sch.get_sblock(name) for name in ("norm", "x_rstd", "x_var_sum", "x_mean", "x_sum")]
+    for block in stages:  # consumers first
         sch.compute_at(block, rows)
-    *_, xx = sch.get_loops(norm)
-    sch.vectorize(sch.split(xx, [None, lanes])[1])
+    for block in stages[:2] + stages[3:4]:
+        *_, xx = sch.get_loops(block)
+        sch.vectorize(sch.split(xx, [None, lanes])[1])
     for name in ("x_var_sum", "x_sum"):
         block = sch.get_sblock(name)
         *_, xx, k = sch.get_loops(block)
