@@ -82,8 +82,18 @@ def _resolve_x86(cpu: str, num_cores: int | None, _ndk: str | None) -> CompileTa
         if missing:  # LLVM's name for this CPU claims more than the (virtual) machine exposes
             target["mattr"] = [f"-{llvm}" for llvm, flag in _LLVM_TO_CPUINFO.items() if flag in missing]
             required = tuple(f for f in required if f not in missing)
-    wide = "avx512f" in required
-    return CompileTarget("x86", cpu, target, Schedule(lanes=16 if wide else 8), required_features=required)
+    return CompileTarget("x86", cpu, target, target_schedule("x86", required), required_features=required)
+
+
+def target_schedule(arch: str, required_features) -> Schedule:
+    """The ``Schedule`` of a target (a ``TARGETS`` name) whose code uses ``required_features`` (Linux's names):
+    the one rule, for ``resolve_target`` and for ``bisr-deploy estimate`` re-lowering a built artifact.
+    x86: one zmm (AVX-512) or ymm of lanes, one output vector per iteration (as its kernels were measured).
+    NEON: 4 lanes; 2 output channels x 4 vectors per iteration of the bitserial kernels, the block that
+    `bisr-deploy estimate --core cortex-a76` found fastest (docs/arm.md)."""
+    if arch == "x86":
+        return Schedule(lanes=16 if "avx512f" in required_features else 8)
+    return Schedule(lanes=4, out_block=2, pixel_block=4)
 
 
 # Only the generic ARMv8-A core for ARM: an -mcpu would let LLVM use extensions (dotprod, LSE, ...) that
@@ -98,10 +108,8 @@ def _resolve_aarch64(arch: str):
             target["num-cores"] = int(num_cores)
         # The NDK is checked here, before the long compile, not at link time.
         ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
-        # 2 output channels x 4 vectors per iteration of the bitserial kernels: the block that
-        # `bisr-deploy estimate --core cortex-a76` found fastest (docs/arm.md)
-        schedule = Schedule(lanes=4, out_block=2, pixel_block=4)
-        return CompileTarget(arch, cpu, target, schedule, required_features=("asimd",), ndk=ndk)
+        return CompileTarget(arch, cpu, target, target_schedule(arch, ("asimd",)), required_features=("asimd",),
+                             ndk=ndk)
 
     return resolve
 

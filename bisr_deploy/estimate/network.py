@@ -31,14 +31,12 @@ from .cores import Core
 
 
 def _target(manifest: Manifest):
-    """The ``CompileTarget`` the artifact was built for (lanes as ``resolve_target`` chooses them)."""
-    from ..compile.schedule import Schedule
-    from ..compile.targets import CompileTarget
+    """The ``CompileTarget`` the artifact was built for (its schedule as ``resolve_target`` chooses it)."""
+    from ..compile.targets import CompileTarget, target_schedule
 
     target = manifest.target
     features = tuple(target.required_cpu_features)
-    lanes = 4 if artifact_arch(manifest) == "aarch64" else (16 if "avx512f" in features else 8)
-    return CompileTarget(target.arch, target.cpu, target.tvm_target, Schedule(lanes=lanes), features)
+    return CompileTarget(target.arch, target.cpu, target.tvm_target, target_schedule(target.arch, features), features)
 
 
 def load_source_model(directory: Path, manifest: Manifest):
