@@ -88,21 +88,21 @@ def test_fused_kernels_bit_exact(c, h, w, ks, group):
         Fusion("concat", residual=True)
 
 
-@pytest.mark.parametrize("c,h,w,ks,group,blocks", [
-    (28, 3, 32, 1, 1, (2, 4)),   # the ARM schedule's block: 2 channels x 4 vectors (x86: 2 vectors of 16)
-    (40, 5, 12, 3, 4, (2, 4)),   # 3 vectors of 4 per row: 3 per block; groups straddle words
-    (112, 4, 16, 3, 28, (3, 2)),  # tap-packed; 3 does not divide 112 (single): 2 channels per block
-    (7, 3, 20, 3, 1, (2, 4)),    # 7 output channels (single): 1 per block, 14 (concat): 2
+@pytest.mark.parametrize("c,h,w,ks,group,pixel_block", [
+    (28, 3, 64, 1, 1, 4),     # a row of 4 vectors of 16 lanes (8 of 8 on AVX2): blocks of 4
+    (40, 5, 12, 3, 4, 4),     # a row of 3 vectors of 4 lanes: blocks of 3; groups straddle words
+    (112, 4, 32, 3, 28, 2),   # tap-packed windows, blocks of 2
+    (7, 3, 20, 3, 1, 4),      # a row of 5 vectors of 4 lanes: no block divides it, 1 vector per iteration
 ])
-def test_register_blocked_kernels_bit_exact(c, h, w, ks, group, blocks):
-    """Register blocking (``Schedule.out_block`` x ``pixel_block``, lowered to divisors of odd sizes) computes
-    the same bits as the reference, fused or not."""
+def test_register_blocked_kernels_bit_exact(c, h, w, ks, group, pixel_block):
+    """Register blocking (``Schedule.pixel_block`` vectors per iteration, lowered to a divisor of the row's
+    vectors) computes the same bits as the reference, fused or not."""
     fusions = [Fusion(post=True), Fusion("concat", post=True), Fusion("mean", split_input=True, residual=True)]
-    check_fused_kernels(c, h, w, ks, group, fusions, *blocks)
+    check_fused_kernels(c, h, w, ks, group, fusions, pixel_block)
 
 
-def check_fused_kernels(c, h, w, ks, group, fusions, out_block=1, pixel_block=1):
-    """Each of ``fusions``, compiled for this machine with the given register blocks, against the reference."""
+def check_fused_kernels(c, h, w, ks, group, fusions, pixel_block=1):
+    """Each of ``fusions``, compiled for this machine with ``pixel_block``, against the reference."""
     rng = np.random.default_rng(c + h)
     p = (ks - 1) // 2
     spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p,) * 4, group)
@@ -129,7 +129,7 @@ def check_fused_kernels(c, h, w, ks, group, fusions, out_block=1, pixel_block=1)
             t = want + b0
             want = np.where(t > 0, t, slope * t) + b1
             args = args + [a[:want.shape[1]] for a in post]
-        func = bisrconv_primfunc(spec, TARGET.lanes, fusion, out_block=out_block, pixel_block=pixel_block)
+        func = bisrconv_primfunc(spec, TARGET.lanes, fusion, pixel_block=pixel_block)
         lib = tvm.compile(tvm.IRModule({"bisrconv": func}), target=TARGET.tvm_target)
         out = tvm.runtime.empty(want.shape, "float32")
         lib["bisrconv"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [*xs, *args]), out)

@@ -407,14 +407,12 @@ def _layer_norm_at(sch, rows, lanes: int) -> None:
 
 
 def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
-                      row_band: int = Schedule.row_band, out_block: int = Schedule.out_block,
-                      pixel_block: int = Schedule.pixel_block):
+                      row_band: int = Schedule.row_band, pixel_block: int = Schedule.pixel_block):
     """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
     vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
     reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators. One
-    iteration of the innermost loop computes ``out_block`` output channels x ``pixel_block`` vectors of
-    pixels (register blocking; each is lowered to the largest divisor of the layer's channels, resp. of the
-    row's vectors, not above it)."""
+    iteration of the innermost loop computes ``pixel_block`` vectors of pixels (register blocking; lowered
+    to the largest divisor of the row's vectors not above it)."""
     from tvm import s_tir, te
 
     if fusion.norm and spec.padded:
@@ -427,16 +425,12 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
     pack = sch.get_sblock("pack")
     epi = sch.get_sblock("epilogue")
     conv = sch.get_sblock("conv")
-    ob = max(d for d in range(1, out_block + 1) if spec.channels % d == 0)  # a block stays in one layer
     xb = max(d for d in range(1, pixel_block + 1) if spec.width % (d * lanes) == 0)
     n, o, y, xx = sch.get_loops(epi)
-    oo, oi = sch.split(o, [None, ob])
     xo, xm, xi = sch.split(xx, [None, xb, lanes])
-    sch.reorder(n, y, oo, xo, oi, xm, xi)
+    sch.reorder(n, y, o, xo, xm, xi)
     rows = sch.fuse(n, y)
     sch.vectorize(xi)
-    if ob > 1:
-        sch.unroll(oi)
     if xb > 1:
         sch.unroll(xm)
     sch.compute_inline(conv)

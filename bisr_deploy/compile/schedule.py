@@ -9,14 +9,12 @@ from dataclasses import dataclass
 class Schedule:
     """``lanes``: 32-bit lanes of one vector register (16 AVX-512, 8 AVX2, 4 NEON), the vector width of every
     kernel; ``row_band``: output rows per parallel task of a KxK bitserial kernel (its packed input rows stay
-    in cache; 25 % of the rows are packed twice at 8); ``out_block`` x ``pixel_block``: output channels x
-    vectors of pixels one iteration of a bitserial kernel's convolution + epilogue computes (register
-    blocking: the activation vectors, the border compares and the per-channel parameters are loaded once
-    for the block)."""
+    in cache; 25 % of the rows are packed twice at 8); ``pixel_block``: vectors of pixels one iteration of a
+    bitserial kernel's convolution + epilogue computes (register blocking: the per-channel weights and
+    parameters and the border compares serve the whole block)."""
 
     lanes: int
     row_band: int = 8
-    out_block: int = 1
     pixel_block: int = 1
 
 

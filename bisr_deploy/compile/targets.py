@@ -89,11 +89,13 @@ def target_schedule(arch: str, required_features) -> Schedule:
     """The ``Schedule`` of a target (a ``TARGETS`` name) whose code uses ``required_features`` (Linux's names):
     the one rule, for ``resolve_target`` and for ``bisr-deploy estimate`` re-lowering a built artifact.
     x86: one zmm (AVX-512) or ymm of lanes, one output vector per iteration (as its kernels were measured).
-    NEON: 4 lanes; 2 output channels x 4 vectors per iteration of the bitserial kernels, the block that
+    NEON: 4 lanes; 4 vectors per iteration of the bitserial kernels, the block that
     `bisr-deploy estimate --core cortex-a76` found fastest (docs/arm.md)."""
     if arch == "x86":
         return Schedule(lanes=16 if "avx512f" in required_features else 8)
-    return Schedule(lanes=4, out_block=2, pixel_block=4)
+    if arch in ("arm", "android-arm64"):
+        return Schedule(lanes=4, pixel_block=4)
+    raise BisrError(f"no schedule for target {arch!r}")
 
 
 # Only the generic ARMv8-A core for ARM: an -mcpu would let LLVM use extensions (dotprod, LSE, ...) that
