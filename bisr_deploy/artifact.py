@@ -18,6 +18,7 @@ here is a change there. Needs numpy only (no TVM, no ONNX), so a deployed runtim
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -110,7 +111,7 @@ class Manifest:
     output: TensorRecord
     target: TargetRecord
     versions: dict[str, str]
-    source: dict[str, str]  # provenance: onnx_sha256, source file or checkpoint and its sha256
+    source: dict[str, str]  # where the weights came from: provenance.artifact_source
     params: list[str]
     layers: list[LayerRecord]
     files: dict[str, FileRecord] = field(default_factory=dict)
@@ -257,6 +258,18 @@ def read_params(directory: str | os.PathLike, manifest: Manifest, where: str | o
         raise
     except Exception as exc:
         raise BisrError(f"{where}: cannot read the parameters ({exc})") from exc
+
+
+def read_source_model(directory: str | os.PathLike, manifest: Manifest) -> bytes:
+    """The serialized ONNX model the artifact was compiled from (``SOURCE_MODEL``), checked against the manifest's
+    ``source.onnx_sha256``. Raises ``BisrError`` (older artifacts have none)."""
+    path = Path(directory) / SOURCE_MODEL
+    if not path.is_file() or SOURCE_MODEL not in manifest.files:
+        raise BisrError(f"{directory} has no {SOURCE_MODEL} (compiled by an older bisr-deploy): compile it again")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest.source.get("onnx_sha256"):
+        raise BisrError(f"{path} is not the model this artifact was compiled from (sha256 differs)")
+    return data
 
 
 def check_artifact_output(output: str | os.PathLike, inputs: tuple = ()) -> Path:

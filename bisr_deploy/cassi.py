@@ -13,12 +13,7 @@ from __future__ import annotations
 import torch
 
 from .errors import BisrError
-from .snapshot import DEFAULT_BANDS, DEFAULT_STEP, scene_width
-
-
-def snapshot_width(width: int, n_bands: int = DEFAULT_BANDS, step: int = DEFAULT_STEP) -> int:
-    """Width of the snapshot of a ``width``-pixel-wide scene."""
-    return width + step * (n_bands - 1)
+from .snapshot import DEFAULT_BANDS, DEFAULT_STEP, scene_width, snapshot_width
 
 
 def shift(cube: torch.Tensor, step: int = DEFAULT_STEP) -> torch.Tensor:

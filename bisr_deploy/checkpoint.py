@@ -13,8 +13,9 @@ Every file is checked before its tensors are used: a zip's declared member sizes
 input limit (``fileio.max_array_bytes``) and every member's CRC-32; each tensor's declared size against the
 data it points to; every floating-point tensor finite (a NaN or Inf weight is refused, naming the tensor).
 
-Named checkpoints (``NAMED_CHECKPOINTS``) are project-format files shipped as package data in ``shipped/``;
-wherever a checkpoint path is taken, a name may stand instead, and ``None`` means ``DEFAULT_CHECKPOINT``.
+Named checkpoints (``shipped.NAMED_CHECKPOINTS``) are project-format files shipped as package data in ``shipped/``;
+wherever a checkpoint path is taken, a name may stand instead, and ``None`` means ``DEFAULT_CHECKPOINT``
+(``shipped.resolve_checkpoint``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import json
 import os
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -33,17 +33,10 @@ from .errors import BisrError
 from .fileio import MAX_ARRAY_ENV, atomic_output, file_sha256, max_array_bytes
 from .model import BiSRNet, BiSRNetConfig
 from .safe_pickle import read_tensors
+from .shipped import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS, SHIPPED_DIR, resolve_checkpoint  # noqa: F401 (re-exported)
 
 FORMAT_NAME = "bisr-deploy-checkpoint"
 FORMAT_VERSION = "1"
-# Package data: the named checkpoints, their model card and licenses (bisr_deploy/shipped/MODEL_CARD.md).
-SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
-NAMED_CHECKPOINTS = {
-    "authors-sim": "the authors' simulation model (BiSCI release, MIT; input: snapshot + mask)",
-    "authors-real": "the authors' real-camera model (BiSCI release, MIT; input: snapshot only)",
-    "trained-sim": "this project's 27-minute CPU demonstration run (simulation mode)",
-}
-DEFAULT_CHECKPOINT = "authors-sim"
 
 
 @dataclass
@@ -176,18 +169,6 @@ def check_tensors(path: str, tensors: dict) -> None:
                             f"more than its {held:,} bytes of data hold")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise BisrError(f"{path}: tensor {name} holds NaN or Inf values")
-
-def resolve_checkpoint(spec: str | os.PathLike | None) -> Path:
-    """The file behind ``spec``: a name of ``NAMED_CHECKPOINTS`` (names win over same-named files; write
-    ``./NAME`` for those), a path, or ``None`` for ``DEFAULT_CHECKPOINT``."""
-    name = DEFAULT_CHECKPOINT if spec is None else str(spec)
-    if name not in NAMED_CHECKPOINTS:
-        return Path(name)
-    path = SHIPPED_DIR / f"{name}.safetensors"
-    if not path.is_file():
-        raise BisrError(f"the named checkpoint {name} is not installed ({path} is missing)")
-    return path
-
 
 def load_checkpoint(path: str | os.PathLike | None = None, mode: str | None = None) -> Checkpoint:
     """Load a named checkpoint, a project checkpoint or an authors' ``.pth`` (``resolve_checkpoint``).

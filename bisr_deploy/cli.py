@@ -14,7 +14,7 @@ import warnings
 import click
 
 from . import __version__
-from .checkpoint import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS
+from .shipped import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS
 from .errors import BisrError
 
 

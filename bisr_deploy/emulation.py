@@ -5,8 +5,9 @@ The environment (built by ``tools/arm_env.py build``, or by ``.ci/setup-arm.sh``
 
 - ``sysroot/``: Debian arm64 packages unpacked (aarch64 glibc, libstdc++, CPython 3.11 and its libraries);
   qemu-aarch64 resolves the guest's dynamic loader and libraries there (``qemu-aarch64 -L sysroot``);
-- ``site/``: the aarch64 wheels of apache-tvm, apache-tvm-ffi, numpy and typing_extensions, unzipped, at the
-  versions installed on the host, so that an ARM build is loaded by the same TVM release that compiled it;
+- ``site/``: the aarch64 wheels of ``tools/arm_env.py``'s ``WHEELS`` (apache-tvm, apache-tvm-ffi, numpy, and
+  click and matplotlib for the CLI's ``bench``), unzipped, at the versions installed on the host, so that an
+  ARM build is loaded by the same TVM release that compiled it;
 - ``env.json``: written last, so its presence means the environment is complete; it records the versions.
 
 Every command that runs under emulation gets a clean environment: only the guest variables set here

@@ -8,6 +8,7 @@ aarch64). Used by the runtime (before it loads any compiled code), the targets (
 from __future__ import annotations
 
 import platform
+import sys
 
 from .errors import BisrError
 
@@ -21,6 +22,11 @@ def host_arch() -> str:
     """This machine's architecture as the first field of a target triple spells it (``x86_64``, ``aarch64``)."""
     machine = platform.machine()
     return "aarch64" if machine in ("aarch64", "arm64") else machine
+
+
+def host_triple() -> str | None:
+    """This machine's target triple when it is a GNU/Linux one (``aarch64-linux-gnu``), else None."""
+    return f"{host_arch()}-linux-gnu" if sys.platform == "linux" else None
 
 
 def triple_arch(triple: str) -> str:

@@ -29,6 +29,11 @@ def check_scene_size(height: int, width: int, origin: str = "") -> None:
                         f"{MIN_SCENE_SIZE} x {MIN_SCENE_SIZE}")
 
 
+def snapshot_width(width: int, n_bands: int = DEFAULT_BANDS, step: int = DEFAULT_STEP) -> int:
+    """Width of the snapshot of a ``width``-pixel-wide scene."""
+    return width + step * (n_bands - 1)
+
+
 def scene_width(snap_width: int, n_bands: int = DEFAULT_BANDS, step: int = DEFAULT_STEP) -> int:
     """Width of the scene behind a ``snap_width``-pixel-wide snapshot; fails when there is none."""
     width = snap_width - step * (n_bands - 1)

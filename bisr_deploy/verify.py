@@ -19,7 +19,6 @@ operators (docs/custom-ops.md); the authors' ``torch.sign`` differs from it only
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from . import progress
 from .artifact import Manifest
 from .cassi import simulate_snapshot
 from .checkpoint import Checkpoint
+from .data.reference import ReferenceData
 from .errors import BisrError
 from .fileio import ARRAY_SUFFIXES, load_array
 from .metrics import psnr, ssim
@@ -43,45 +43,7 @@ MIN_PSNR_VS_TORCH_DB = 30.0
 LAYER_MIN_AGREEMENT = 0.999
 LAYER_RTOL = 1e-4  # relative to the layer output's largest magnitude
 
-DATA_ENV = "BISR_DATA"
-CHECKOUT_DATA = Path("..") / "shared" / "data"  # relative to the working directory: a checkout's ../shared
 CUBE_KEYS = ["img", "NRD", "Omsi", "msi"]
-
-
-@dataclass(frozen=True)
-class ReferenceData:
-    """A folder laid out like the project's reference data (``../shared/data`` beside a checkout)."""
-
-    root: Path
-
-    @property
-    def scenes(self) -> Path:
-        return self.root / "hsi-scenes"
-
-    @property
-    def real(self) -> Path:
-        return self.root / "tsa-cassi" / "real_measurements"
-
-    def mask(self, mode: str) -> Path:
-        return self.root / "tsa-cassi" / {"sim": "mask_simulation_256.mat", "real": "mask_real_660.mat"}[mode]
-
-    def needed(self, mode: str) -> list[Path]:
-        return [self.scenes, self.mask(mode)] + ([self.real] if mode == "real" else [])
-
-
-def reference_data(data_dir: str | None, mode: str) -> ReferenceData | None:
-    """``--data DIR``, else ``$BISR_DATA``, else ``../shared/data`` of the working directory when it exists;
-    ``None`` when there is none. A chosen folder must hold what ``mode`` needs, else ``BisrError`` naming it."""
-    source, root = ("--data", data_dir) if data_dir else (DATA_ENV, os.environ.get(DATA_ENV))
-    if not root:
-        if not CHECKOUT_DATA.is_dir():
-            return None
-        source, root = "the default ../shared/data", CHECKOUT_DATA
-    data = ReferenceData(Path(root))
-    missing = [str(p) for p in data.needed(mode) if not p.exists()]
-    if missing:
-        raise BisrError(f"reference data from {source} lacks {', '.join(missing)} (see `bisr-deploy verify --help`)")
-    return data
 
 
 @dataclass

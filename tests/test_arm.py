@@ -7,6 +7,7 @@ cross toolchain or qemu-user (.ci/setup-arm.sh installs both in CI).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from bisr_deploy import cross, emulation
 from bisr_deploy.errors import BisrError
 
 from .conftest import ARTIFACT_SIZE as SIZE
-from .conftest import EXPECTED, NATIVE_DIR, arm_env_tool, host_site, make_native, run_native_host
+from .conftest import EXPECTED, NATIVE_DIR, REPO, arm_env_tool, host_site, make_native, run_native_host
 
 pytestmark = pytest.mark.needs_tvm
 
@@ -319,6 +320,24 @@ def test_run_command_emulates_an_arm_artifact(arm_artifact, emulated_cubes, scen
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(np.load(tmp_path / "c.npy"), emulated_cubes[0])
+
+
+def test_bench_runs_on_aarch64(arm_env, arm_artifact, tmp_path):
+    """`bisr-deploy bench --artifact` on an aarch64 machine (here the emulated one, whose Python has the runtime
+    and the CLI but no torch, onnx or ONNX Runtime): the command a board user runs for measured numbers.
+    (qemu's times are not ARM speed; only the code path is checked.)"""
+    skips = [arg for backend in ("onnxruntime-fp32", "tvm-fp32", "pytorch-eager") for arg in ("--skip", backend)]
+    proc = arm_env.run_python(code="import sys; from bisr_deploy.cli import main; main(sys.argv[1:])",
+                              args=["--quiet", "bench", "--artifact", str(arm_artifact), "--repeat", "1", *skips,
+                                    "--output-dir", str(tmp_path / "bench")], pythonpath=[REPO], timeout=900)
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert report["machine"]["platform"].startswith("Linux") and "aarch64" in report["machine"]["platform"]
+    assert report["target"]["mtriple"] == "aarch64-linux-gnu" and report["size"] == [SIZE, SIZE]
+    assert {r["backend"] for r in report["results"]} == {"compiled"}
+    assert all(r["median_ms"] > 0 for r in report["results"])
+    assert sum(row["bisrconvs"] for row in report["layers"]) == 59
+    assert [row["function"] for row in report["layers"]] == [row["function"] for row in report["network_layers"]]
+    assert "wrote" in proc.stdout and (tmp_path / "bench" / "bench.png").is_file()
 
 
 def test_emulated_run_reports_the_guest_loaders_refusal(arm_env, x86_artifact, scene):

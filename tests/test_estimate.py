@@ -188,6 +188,11 @@ def test_x86_estimate_and_measurement(x86_estimate, complexity64):
         assert k["est_ms"] == pytest.approx(max(k["compute_ms"], k["dram_ms"]))
         if k["function"].startswith("bisrconv"):  # every binary kernel has loops with cycles
             assert k["binary_macs"] > 0 and 1 < k["binary_macs_per_cycle"] < 2000, k
+        # the roofline: MACs at the core's peak, bytes at its bandwidth; no kernel beats its floor
+        core = CORES["xeon-kvm"]
+        floor = (k["binary_macs"] / core.binary_macs_per_cycle + k["float_macs"] / core.fmas_per_cycle) / (core.clock_ghz * 1e6)
+        assert k["compute_floor_ms"] == pytest.approx(floor) and k["roofline_ms"] == pytest.approx(max(floor, k["dram_ms"]))
+        assert k["roofline_fraction"] == pytest.approx(k["roofline_ms"] / k["measured_ms"])
     # the MAC counts are the model's (complexity.py: the PyTorch module tree with hooks)
     assert sum(k["binary_macs"] for k in report["kernels"]) == complexity64.macs_binary
     assert sum(k["float_macs"] for k in report["kernels"]) == complexity64.macs_full

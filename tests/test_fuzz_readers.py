@@ -69,6 +69,17 @@ def loads_or_refuses(read, path: Path):
             assert str(exc).strip(), "an empty error message"
 
 
+def fuzz(read, contents, path: Path) -> None:
+    """Write every example of the strategy ``contents`` (bytes) to ``path``, then ``loads_or_refuses(read, path)``."""
+    @FUZZ
+    @given(data=contents)
+    def check(data):
+        path.write_bytes(data)
+        loads_or_refuses(read, path)
+
+    check()
+
+
 @st.composite
 def damaged(draw, seed: bytes):
     """``seed`` with up to 8 bytes replaced, an inserted run, and/or a cut; or pure random bytes."""
@@ -108,16 +119,7 @@ SEED_ARRAYS = _seed_arrays()
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".mat", ".h5"])
 def test_array_reader(suffix, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("arrays")
-
-    @FUZZ
-    @given(data=damaged(SEED_ARRAYS[suffix]))
-    def check(data):
-        path = directory / f"input{suffix}"
-        path.write_bytes(data)
-        loads_or_refuses(load_array, path)
-
-    check()
+    fuzz(load_array, damaged(SEED_ARRAYS[suffix]), tmp_path_factory.mktemp("arrays") / f"input{suffix}")
 
 
 def _seed_checkpoints() -> dict[str, bytes]:
@@ -136,16 +138,7 @@ SEED_CHECKPOINTS = _seed_checkpoints()
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_checkpoint_reader(suffix, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoints")
-
-    @FUZZ
-    @given(data=damaged(SEED_CHECKPOINTS[suffix]))
-    def check(data):
-        path = directory / f"ckpt{suffix}"
-        path.write_bytes(data)
-        loads_or_refuses(load_checkpoint, path)
-
-    check()
+    fuzz(load_checkpoint, damaged(SEED_CHECKPOINTS[suffix]), tmp_path_factory.mktemp("checkpoints") / f"ckpt{suffix}")
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats() | st.text(max_size=8),
@@ -169,16 +162,11 @@ def manifests(draw):
 
 
 def test_manifest_reader(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("artifact")
+    def read(path):
+        assert isinstance(is_artifact(path.parent), bool)
+        read_manifest(path.parent)
 
-    @FUZZ
-    @given(data=manifests())
-    def check(data):
-        (directory / "manifest.json").write_bytes(data)
-        loads_or_refuses(read_manifest, directory)
-        assert isinstance(is_artifact(directory), bool)
-
-    check()
+    fuzz(read, manifests(), tmp_path_factory.mktemp("artifact") / "manifest.json")
 
 
 KEYS = {"model": ["n_feat", "stage", "mode", "sign_approx"], "data": ["patch_size", "scale", "keys", "mask_size"],
@@ -201,13 +189,4 @@ def configs(draw):
 
 
 def test_config_reader(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("configs")
-
-    @FUZZ
-    @given(data=configs())
-    def check(data):
-        path = directory / "train.toml"
-        path.write_bytes(data)
-        loads_or_refuses(load_config, path)
-
-    check()
+    fuzz(load_config, configs(), tmp_path_factory.mktemp("configs") / "train.toml")

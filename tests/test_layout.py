@@ -42,10 +42,9 @@ def test_native_loader_mirrors_the_artifact_module():
     assert "bisr_deploy/artifact.py" in source
 
 
-# Runs in a Python where torch, onnx and onnxruntime cannot be imported (as on a board with the runtime only):
-# loads the artifact, runs it end to end and one BiSRConv alone, then reports the modules it imported and which
-# modules tried to import a blocked one (TVM's tvm_ffi tries torch, optionally, for DLPack interop).
-_RUN_ARTIFACT = """
+# Makes torch, onnx and onnxruntime impossible to import (as on a board with the runtime only) and records which
+# modules tried to import one (TVM's tvm_ffi tries torch, optionally, for DLPack interop).
+_BLOCK = """
 import json, sys
 BLOCKED = ("torch", "onnx", "onnxruntime")
 attempts = set()
@@ -59,6 +58,9 @@ class Block:
             raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
         return None
 sys.meta_path.insert(0, Block())
+"""
+# Loads the artifact, runs it end to end and one BiSRConv alone, then reports the modules it imported.
+_RUN_ARTIFACT = _BLOCK + """
 import numpy as np
 import bisr_deploy.runtime as runtime
 model = runtime.load(sys.argv[1])
@@ -102,6 +104,39 @@ def test_skips_for_a_reason_ci_expects():
 def test_needs_a_missing_tool():
     pass
 """
+
+
+# Runs the CLI with the arguments given, then reports its exit status and the modules it imported.
+_RUN_CLI = _BLOCK + """
+from bisr_deploy.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules), "attempts": sorted(attempts)}))
+"""
+
+
+@pytest.mark.needs_tvm
+@pytest.mark.needs_data
+def test_bench_of_an_artifact_runs_without_the_toolchain(x86_artifact, tmp_path):
+    """`bisr-deploy bench --artifact A` with only the compiled backend (as on a board with the runtime and click)
+    runs where torch, onnx and onnxruntime are not installed: latency, isolated and in-network kernel times."""
+    skips = [arg for backend in ("onnxruntime-fp32", "tvm-fp32", "pytorch-eager") for arg in ("--skip", backend)]
+    proc = subprocess.run([sys.executable, "-c", _RUN_CLI, "--quiet", "bench", "--artifact", str(x86_artifact),
+                           "--repeat", "2", *skips, "--output-dir", str(tmp_path / "bench")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, proc.stdout + proc.stderr
+    registry = {"bisr_deploy.compile", "bisr_deploy.compile.targets", "bisr_deploy.compile.schedule"}  # the
+    # CLI's options list the targets; the registry imports nothing of the compiler
+    assert [m for m in result["modules"] if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)
+            and m not in registry] == []
+    assert "bisr_deploy" not in result["attempts"]
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert {r["backend"] for r in report["results"]} == {"compiled"} and report["size"] == [64, 64]
+    assert report["layers"] and [r["function"] for r in report["layers"]] == \
+        [r["function"] for r in report["network_layers"]]
 
 
 @pytest.mark.parametrize("ci", ["", "true"])

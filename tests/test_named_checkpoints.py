@@ -15,9 +15,10 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from bisr_deploy import verify as v
 from bisr_deploy.checkpoint import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS, SHIPPED_DIR, load_checkpoint, resolve_checkpoint
+from bisr_deploy import verify as v
 from bisr_deploy.cli import main
+from bisr_deploy.data.reference import DATA_ENV, reference_data
 from bisr_deploy.errors import BisrError
 from bisr_deploy.fileio import file_sha256
 
@@ -94,22 +95,22 @@ def test_info_and_help_list_the_names():
 
 
 def test_reference_data_comes_from_option_env_or_the_checkouts_layout(tmp_path, monkeypatch):
-    monkeypatch.delenv(v.DATA_ENV, raising=False)
+    monkeypatch.delenv(DATA_ENV, raising=False)
     monkeypatch.chdir(tmp_path)  # no ../shared/data here
-    assert v.reference_data(None, "sim") is None
-    assert v.reference_data(str(SHARED), "real").root == SHARED
-    monkeypatch.setenv(v.DATA_ENV, str(SHARED))
-    assert v.reference_data(None, "sim").mask("sim") == SHARED / "tsa-cassi" / "mask_simulation_256.mat"
+    assert reference_data(None, "sim") is None
+    assert reference_data(str(SHARED), "real").root == SHARED
+    monkeypatch.setenv(DATA_ENV, str(SHARED))
+    assert reference_data(None, "sim").mask("sim") == SHARED / "tsa-cassi" / "mask_simulation_256.mat"
     (tmp_path / "data" / "hsi-scenes").mkdir(parents=True)
-    monkeypatch.setenv(v.DATA_ENV, str(tmp_path / "data"))
-    with pytest.raises(BisrError, match=rf"^reference data from {v.DATA_ENV} lacks .*tsa-cassi/mask_simulation_256.mat \("):
-        v.reference_data(None, "sim")
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))
+    with pytest.raises(BisrError, match=rf"^reference data from {DATA_ENV} lacks .*tsa-cassi/mask_simulation_256.mat \("):
+        reference_data(None, "sim")
     checkout = tmp_path / "repo"
     checkout.mkdir()
     (tmp_path / "shared").symlink_to(SHARED.parent)
-    monkeypatch.delenv(v.DATA_ENV)
+    monkeypatch.delenv(DATA_ENV)
     monkeypatch.chdir(checkout)
-    assert v.reference_data(None, "sim").scenes.resolve() == (SHARED / "hsi-scenes").resolve()
+    assert reference_data(None, "sim").scenes.resolve() == (SHARED / "hsi-scenes").resolve()
 
 
 def test_verify_names_missing_reference_data_in_one_line(x86_artifact, tmp_path):
@@ -128,7 +129,7 @@ def test_mirror_extend_grows_small_scenes_without_seams():
     np.testing.assert_array_equal(big[:, :3, :5], cube)
     np.testing.assert_array_equal(big[:, 3:6, :5], cube[:, ::-1])  # mirrored at the bottom edge
     np.testing.assert_array_equal(big[:, :3, 5:7], cube[:, :, :-3:-1])  # and at the right edge
-    mask = v.default_mask("sim", 256, 256, v.reference_data(str(SHARED), "sim"))
+    mask = v.default_mask("sim", 256, 256, reference_data(str(SHARED), "sim"))
     scenes = v.ground_truth_scenes(KAIST_NPZ.parent, 256, 256, mask, "sim")
     assert [s.name for s in scenes] == ["kaist_crop128 (mirrored)"] and scenes[0].truth.shape == (28, 256, 256)
     assert scenes[0].measurement.shape == (256, 310)
@@ -149,7 +150,7 @@ def test_non_editable_install_works_outside_the_repository(tmp_path, kaist, kais
     shutil.rmtree(source)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: val for k, val in os.environ.items() if k not in ("PYTHONPATH", v.DATA_ENV)}
+    env = {k: val for k, val in os.environ.items() if k not in ("PYTHONPATH", DATA_ENV)}
 
     def run(*args):
         proc = subprocess.run([*map(str, args)], cwd=elsewhere, env=env, capture_output=True, text=True)

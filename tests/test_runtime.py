@@ -230,10 +230,16 @@ def test_bench_command_reports(built, tmp_path):
     assert "compiled@1" in report["speedups_vs_onnxruntime"]
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| compiled | 1 |" in (out / "bench.md").read_text()
-    # An artifact of another size is refused: it was not compiled from this model.
-    bad = runner.invoke(main, ["bench", "--checkpoint", str(SIM_PTH), "--artifact", str(built), "--height", "32",
-                               "--width", "32", "--skip", "tvm-fp32", "--skip", "pytorch-eager", "--output-dir", str(tmp_path)])
-    assert bad.exit_code == 2 and "not compiled from this checkpoint at 32 x 32" in bad.output
+    # the isolated and the in-network views time the same calls
+    assert [row["function"] for row in report["layers"]] == [row["function"] for row in network]
+    # A size other than the artifact's, and PyTorch on another checkpoint than the artifact's, are refused.
+    bad = runner.invoke(main, ["bench", "--artifact", str(built), "--height", "32", "--skip", "tvm-fp32",
+                               "--skip", "pytorch-eager", "--output-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "--height 32 does not match the artifact's height 64" in bad.output
+    bad = runner.invoke(main, ["bench", "--checkpoint", "trained-sim", "--artifact", str(built), "--skip", "tvm-fp32",
+                               "--skip", "onnxruntime-fp32", "--output-dir", str(tmp_path / "other")])
+    assert bad.exit_code == 2 and "compiled from another checkpoint" in bad.output
+    assert not (tmp_path / "other").exists()
     (tmp_path / "file").write_text("x")
     bad = runner.invoke(main, ["bench", "--artifact", str(built), "--output-dir", str(tmp_path / "file" / "sub")])
     assert bad.exit_code == 2 and f"--output-dir {tmp_path / 'file' / 'sub'}: directory {tmp_path / 'file'} does not exist" in bad.output

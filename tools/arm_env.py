@@ -40,8 +40,11 @@ DEB_PACKAGES = [
     "libcom-err2", "libkeyutils1",
 ]
 ARCH_ALL_PACKAGES = {"media-types"}  # architecture-independent: no :arm64 suffix
-# Python distributions unpacked into site/, pinned to the versions installed on the host.
-WHEELS = ["apache-tvm", "apache-tvm-ffi", "numpy", "typing_extensions"]
+# Python distributions unpacked into site/, pinned to the versions installed on the host: the runtime (TVM,
+# numpy), and the CLI with its report plots (click, matplotlib and what matplotlib needs), so that
+# `bisr-deploy bench --artifact` runs as on a board.
+WHEELS = ["apache-tvm", "apache-tvm-ffi", "numpy", "typing_extensions", "click", "matplotlib", "contourpy", "cycler",
+          "fonttools", "kiwisolver", "packaging", "pillow", "pyparsing", "python-dateutil", "six"]
 WHEEL_PLATFORM = "manylinux_2_28_aarch64"
 GUEST_PY = "3.11"
 

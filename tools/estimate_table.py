@@ -3,7 +3,9 @@
     python tools/estimate_table.py --x86 ART_X86 --arm ART_ARM [--core xeon-kvm] [--json DIR]
 
 ``--x86``: an x86 artifact (256 x 256 for the docs) that this machine runs: ``estimate --measure`` at 1 thread
-on ``--core``, printed as the total and the 10 largest kernels, estimate vs measured with the error of each.
+on ``--core``, printed as the total and the 10 largest kernels, estimate vs measured with the error of each;
+then, from the same run, the roofline of every kernel call (BENCHMARKS.md): its MACs, the bytes that reach
+DRAM (the model), its compute and memory floors on the core, and the fraction of its floor it achieves.
 ``--arm``: an ARM artifact of the same model: Cortex-A76 @ 2.4 GHz and Cortex-A55 @ 1.8 GHz at 1 and 4
 threads, for the bitserial build and the float32 build of the same graph (the bench's tvm-fp32), and the
 speed-up. Each artifact is lowered and assembled once per build; every core and thread count reuses it.
@@ -41,6 +43,25 @@ def calibration(artifact: str, core: str, json_dir: Path | None) -> str:
     for k in sorted(report["kernels"], key=lambda k: -k["measured_ms"])[:10]:
         lines.append(f"| {k['call']}: `{k['function'][:48]}` | {k['est_ms']:.2f} | {k['measured_ms']:.2f} | "
                      f"{k['error'] * 100:+.0f} % | {k['bound']} | {k['binary_macs_per_cycle']:.1f} |")
+    return "\n".join(lines) + "\n\n" + roofline(report)
+
+
+def roofline(report: dict) -> str:
+    """Every measured kernel call against its floor on the report's core (``estimate.network`` docstring)."""
+    core = core_by_name(report["core"])
+    lines = [f"Roofline per kernel call ({report['core']}: {core.binary_macs_per_cycle:.0f} binary MACs and "
+             f"{core.fmas_per_cycle:.0f} FMAs per cycle at {report['clock_ghz']} GHz, DRAM {report['dram_gbs']} GB/s; "
+             "1 thread; measured in the network)", "",
+             "| call | function | binary GMACs | float GMACs | DRAM MB | compute floor ms | memory floor ms | "
+             "measured ms | of its floor |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for k in report["kernels"]:
+        lines.append(f"| {k['call']} | `{k['function'][:48]}` | {k['binary_macs'] / 1e9:.3f} | {k['float_macs'] / 1e9:.3f} | "
+                     f"{k['dram_bytes'] / 1e6:.1f} | {k['compute_floor_ms']:.2f} | {k['dram_ms']:.2f} | "
+                     f"{k['measured_ms']:.2f} | {k['roofline_fraction'] * 100:.0f} % |")
+    floor = sum(k["roofline_ms"] for k in report["kernels"])
+    lines.append(f"| | **all calls** | {report['binary_macs'] / 1e9:.2f} | {report['float_macs'] / 1e9:.2f} | "
+                 f"{sum(k['dram_bytes'] for k in report['kernels']) / 1e6:.0f} | | | **{report['measured_total_ms']:.1f}** | "
+                 f"{floor / report['measured_total_ms'] * 100:.0f} % |")
     return "\n".join(lines)
 
 

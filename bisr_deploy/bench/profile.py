@@ -1,17 +1,20 @@
-"""Where the time goes: every kernel call of a compiled network, timed in isolation and inside the network.
+"""Where the time goes: every kernel call of a loaded artifact, timed in isolation and inside the network.
 
-``profile_calls(imported, target)`` runs the same Relax lowering as the build (legalise, fuse), lists the
-``call_tir`` calls of ``main`` in execution order with their argument shapes, compiles those TIR functions
-for ``target`` and times each call on random inputs (median of ``repeat`` runs, in the current thread pool).
-The result rows are ``{"call": k, "function": name, "kind": ..., "bisrconvs": n, "ms": ...}`` (n: how many
-BiSRConv nodes the call computes: 2 for a fused pair, 0 for other kernels); their sum approximates the
-network's latency minus the VM's own overhead and minus cache misses (each call repeats on warm buffers;
-inside the network its inputs and outputs are mostly not in cache, so calls take longer there). Kinds:
-``bisrconv`` (also the fused ones), ``conv2d`` and ``upsample2x`` (our scheduled kernels), ``fused``
-(TVM-legalised and fused standard ops).
+Both views time the artifact's own kernels (its ``model.so``, as deployed) through the Relax VM's instrument
+hook, so they need only the runtime (numpy and TVM's runtime), as on a board:
 
-``network_calls(model, ...)`` times the same calls inside a run of a loaded artifact, and the time outside
-them (VM dispatch and allocation, input and output conversion).
+``isolated_calls(model, ...)``: during one run, every kernel call is repeated on its own arguments right after
+the network made it (warm buffers, inputs in cache), median of ``repeat``, in the current thread pool. Rows
+``{"call": k, "function": name, "kind": ..., "bisrconvs": n, "ms": ...}`` (n: how many BiSRConv nodes the call
+computes: 2 for a fused pair, 0 for other kernels). Kinds (from the manifest's layer records): ``bisrconv``
+(also the fused ones), ``conv2d`` and ``upsample2x`` (our scheduled kernels), ``fused`` (TVM-legalised and
+fused standard ops).
+
+``network_calls(model, ...)``: the same calls timed inside a run, where their inputs and outputs are mostly
+not in cache, and the time outside them (VM dispatch and allocation, input and output conversion).
+
+``lowered_calls(imported, target)``: the same call list from the ONNX model, lowered as the build does
+(``bisr-deploy estimate`` uses it; needs the compiler).
 """
 
 from __future__ import annotations
@@ -21,20 +24,19 @@ import time
 
 import numpy as np
 
-from ..compile.lowering import KERNEL_ATTR
-from ..compile.onnx_import import ImportedModel
-from ..compile.pipeline import fuse_and_schedule
-from ..compile.targets import CompileTarget
 from ..errors import BisrError
 
 
-def lowered_calls(imported: ImportedModel, target: CompileTarget):
+def lowered_calls(imported, target):
     """(TIR-only IRModule, [(function name, [arg shapes+dtypes], [arg buffer names])]) after the build's fusion
     and scheduling, in execution order: the kernels the VM runs (reshapes become views, as in the build).
     Args are the inputs then the output; buffers are named by the Relax variable that holds them (a view
-    by the one it views; weights by ``main``'s parameter)."""
+    by the one it views; weights by ``main``'s parameter). ``imported``: an ``onnx_import.ImportedModel``;
+    ``target``: a ``CompileTarget``."""
     import tvm
     from tvm import relax
+
+    from ..compile.pipeline import fuse_and_schedule
 
     mod = relax.transform.RewriteDataflowReshape()(fuse_and_schedule(imported.mod, target))
     calls = []
@@ -65,34 +67,37 @@ def lowered_calls(imported: ImportedModel, target: CompileTarget):
     return tir_mod, calls
 
 
-def profile_calls(imported: ImportedModel, target: CompileTarget, repeat: int = 5) -> list[dict]:
-    """Time every kernel call of ``imported`` (see module docstring)."""
-    import tvm
+def _kinds(model) -> tuple[dict[str, str], dict[str, int]]:
+    """{kernel function: kind} and {kernel function: BiSRConv nodes it computes} from the manifest's layers."""
+    kinds = {layer.function: layer.kind.split("_")[0] for layer in model.manifest.layers}
+    members = {layer.function: len(layer.members or ()) if layer.kind == "bisrconv_fused" else int(layer.kind == "bisrconv")
+               for layer in model.manifest.layers}
+    return kinds, members
 
-    tir_mod, calls = lowered_calls(imported, target)
-    lib = tvm.compile(tir_mod, target=target.tvm_target)
-    members = {layer.func_name: len(layer.members) for layer in imported.layers if layer.kind == "bisrconv_fused"}
-    members.update({layer.func_name: 1 for layer in imported.layers if layer.kind == "bisrconv"})
-    rng = np.random.default_rng(0)
-    rows = []
-    for k, (name, shapes, _) in enumerate(calls):
-        args = []
-        for shape, dtype in shapes:
-            if dtype.startswith("float"):
-                args.append(tvm.runtime.tensor(rng.standard_normal(shape).astype(dtype)))
-            else:
-                args.append(tvm.runtime.tensor(rng.integers(0, 8, size=shape).astype(dtype)))
-        func = lib[name]
-        func(*args)
+
+def isolated_calls(model, measurement: np.ndarray, mask: np.ndarray | None = None, repeat: int = 5) -> list[dict]:
+    """Every kernel call of a loaded artifact (``runtime.CompiledModel``) timed in isolation (module docstring)."""
+    kinds, members = _kinds(model)
+    rows: list[dict] = []
+
+    def instrument(func, name, before_run, _ret, *args):
+        if before_run or name.startswith("vm.builtin."):
+            return 0
         times = []
-        for _ in range(repeat):
+        for _ in range(repeat):  # the call writes its output buffer again: the same values
             start = time.perf_counter()
             func(*args)
             times.append(time.perf_counter() - start)
-        attrs = tir_mod[name].attrs
-        kind = name.split("_", 1)[0] if attrs and KERNEL_ATTR in attrs else "fused"
-        rows.append({"call": k, "function": name, "kind": kind, "bisrconvs": members.get(name, 0),
-                     "ms": float(np.median(times) * 1e3)})
+        rows.append({"call": len(rows), "function": name, "kind": kinds.get(name, "fused"),
+                     "bisrconvs": members.get(name, 0), "ms": float(np.median(times) * 1e3)})
+        return 0
+
+    model(measurement, mask)
+    model.set_instrument(instrument)
+    try:
+        model(measurement, mask)
+    finally:
+        model.set_instrument(None)
     return rows
 
 
@@ -164,7 +169,7 @@ def network_calls(model, measurement: np.ndarray, mask: np.ndarray | None = None
             gaps.append((name, t1 - t0))
     hook_span = float(np.median([ms for name, ms in spans if name == NOOP_BUILTIN] or [0.0]))
     hook_gap = float(np.median([ms for name, ms in gaps if name == NOOP_BUILTIN] or [0.0]))
-    kinds = {layer.function: layer.kind.split("_")[0] for layer in model.manifest.layers}
+    kinds, _ = _kinds(model)
     rows = [{"call": k, "function": name, "kind": kinds.get(name, "fused"), "ms": ms - hook_span}
             for k, (name, ms) in enumerate(s for s in spans if not s[0].startswith("vm.builtin."))]
     builtins = [ms - hook_span for name, ms in spans if name.startswith("vm.builtin.")]

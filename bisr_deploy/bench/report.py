@@ -123,6 +123,7 @@ def write_reports(report: dict, out_dir: Path) -> list[str]:
                      f"{outside['page_faults']} page faults per run")
     if "artifact_bytes" in report:
         lines.append(f"artifact size {report['artifact_bytes'] / 1e6:.2f} MB")
-    lines.append("speed-up vs ONNX Runtime: " + ", ".join(f"{k} {v}x" for k, v in report["speedups_vs_onnxruntime"].items()))
+    if report["speedups_vs_onnxruntime"]:
+        lines.append("speed-up vs ONNX Runtime: " + ", ".join(f"{k} {v}x" for k, v in report["speedups_vs_onnxruntime"].items()))
     lines.append(f"wrote {json_path}, {md_path}, {png_path}")
     return lines

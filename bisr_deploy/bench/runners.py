@@ -130,15 +130,11 @@ def all_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def bench_inputs(height: int, width: int, mode: str, seed: int = 0):
-    """A deterministic snapshot of a random scene through a random binary mask (content does not change
-    the amount of work)."""
-    import torch
-
-    from ..cassi import simulate_snapshot
-
+def bench_inputs(input_shapes: list[list[int]], seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Deterministic random inputs for the model inputs of ``input_shapes`` ([1, H, W + 54] measurement, then
+    [1, H, W] mask in simulation mode): (measurement [H, W + 54] float32 on [0, 14), mask [H, W] of 0/1 or None).
+    A random snapshot rather than a simulated one: its content does not change the amount of work."""
     rng = np.random.default_rng(seed)
-    cube = rng.random((28, height, width)).astype(np.float32)
-    mask = (rng.random((height, width)) > 0.5).astype(np.float32)
-    y = simulate_snapshot(torch.from_numpy(cube)[None], torch.from_numpy(mask))[0].numpy()
-    return y, (mask if mode == "sim" else None)
+    y = (rng.random(input_shapes[0][1:]) * 14).astype(np.float32)
+    mask = (rng.random(input_shapes[1][1:]) > 0.5).astype(np.float32) if len(input_shapes) > 1 else None
+    return y, mask

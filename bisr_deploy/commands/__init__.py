@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..checkpoint import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS
+from ..shipped import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS
 
 
 def checkpoint_option(purpose: str):

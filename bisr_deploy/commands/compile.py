@@ -6,9 +6,8 @@ import os
 
 import click
 
-from ..fileio import file_sha256
 from ..compile.targets import ALL_CPUS, TARGETS
-from .. import progress
+from .. import progress, provenance
 from ..errors import BisrError
 from . import checkpoint_option
 
@@ -30,14 +29,13 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
             recorded = {p.key: p.value for p in model.metadata_props}.get(f"bisr.{name}")
             if value is not None and recorded is not None and int(recorded) != value:
                 raise BisrError(f"--{name} {value} does not match the model's static {name} {recorded}")
-        return model, {"file": os.path.basename(model_path), "sha256": file_sha256(model_path)}
+        return model, provenance.onnx_file_origin(model_path)
     from ..checkpoint import resolve_checkpoint
     from ..export import export_onnx
 
     progress.stage(f"exporting the checkpoint to ONNX at {height or 256} x {width or 256}")
     model = export_onnx(checkpoint_path, height or 256, width or 256, mode)
-    path = resolve_checkpoint(checkpoint_path)
-    return model, {"checkpoint": os.path.basename(str(path)), "checkpoint_sha256": file_sha256(path)}
+    return model, provenance.checkpoint_origin(resolve_checkpoint(checkpoint_path))
 
 
 @click.command("compile")

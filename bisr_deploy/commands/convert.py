@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from ..checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..fileio import check_output, file_sha256
+from ..shipped import resolve_checkpoint
 
 
 @click.command("convert")
@@ -19,6 +19,8 @@ from ..fileio import check_output, file_sha256
               help="Input mode of an authors' .pth (inferred from the file by default).")
 def convert_command(source, output, mode):
     """Convert SOURCE (an authors' .pth, a project checkpoint or a checkpoint name) to a project .safetensors."""
+    from ..checkpoint import load_checkpoint, save_checkpoint
+
     check_output(output, "--output", (".safetensors",), (resolve_checkpoint(source),))
     ckpt = load_checkpoint(source, mode)
     save_checkpoint(ckpt, output)

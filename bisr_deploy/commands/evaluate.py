@@ -11,13 +11,9 @@ from pathlib import Path
 
 import click
 
-from ..checkpoint import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS
-from ..data.config import DataConfig
-from ..data.datasets import heldout_name, heldout_synthetic, load_cube
-from ..data.synthetic import generated_mask
+from ..shipped import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS
 from ..errors import BisrError
 from ..fileio import atomic_output, check_output, load_array
-from ..train.evaluate import markdown_table, scene_with_mask, score
 
 
 @click.command("evaluate")
@@ -35,6 +31,11 @@ from ..train.evaluate import markdown_table, scene_with_mask, score
 @click.option("--output", default=None, type=click.Path(dir_okay=False), help="Also write the table here (Markdown).")
 def evaluate_command(checkpoints, scene_paths, keys, synthetic, size, mask_path, mask_key, output):
     """Compare checkpoints by PSNR/SSIM on simulated snapshots of ground-truth scenes."""
+    from ..data.config import DataConfig
+    from ..data.datasets import heldout_name, heldout_synthetic, load_cube
+    from ..data.synthetic import generated_mask
+    from ..train.evaluate import markdown_table, scene_with_mask, score
+
     if not scene_paths and not synthetic:
         raise BisrError("no scenes: give --scene FILE and/or --synthetic N")
     labelled = _labelled(checkpoints)

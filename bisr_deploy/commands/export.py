@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cassi import snapshot_width
+from ..snapshot import snapshot_width
 from . import checkpoint_option
 
 

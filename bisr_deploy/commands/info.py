@@ -6,8 +6,7 @@ import json
 
 import click
 
-from .. import complexity
-from ..checkpoint import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS, SHIPPED_DIR, load_checkpoint, resolve_checkpoint
+from ..shipped import DEFAULT_CHECKPOINT, NAMED_CHECKPOINTS, SHIPPED_DIR, resolve_checkpoint
 from ..errors import BisrError
 
 
@@ -18,6 +17,9 @@ from ..errors import BisrError
 @click.option("--height", default=256, show_default=True, type=int, help="Scene height for the operation count.")
 @click.option("--width", default=256, show_default=True, type=int, help="Scene width for the operation count.")
 def info_command(checkpoint_path, height, width):
+    from .. import complexity
+    from ..checkpoint import load_checkpoint
+
     if height < 8 or width < 8 or height % 4 or width % 4:
         raise BisrError(f"--height/--width must be multiples of 4 and at least 8, got {height} x {width}")
     ckpt = load_checkpoint(checkpoint_path)

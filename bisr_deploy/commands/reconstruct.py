@@ -5,11 +5,8 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from ..checkpoint import load_checkpoint
 from ..errors import BisrError
 from ..fileio import ARRAY_OUTPUT_SUFFIXES, check_output, load_array, save_array
-from ..metrics import psnr, ssim
-from ..reconstruct import reconstruct
 from . import checkpoint_option
 
 
@@ -31,6 +28,10 @@ from . import checkpoint_option
               help="Write a PNG: RGB rendering of the cube and the spectra of a few regions.")
 def reconstruct_command(checkpoint_path, measurement, mask_path, key, mask_key, mode, output, truth, truth_key, preview):
     """Reconstruct a hyperspectral cube from one CASSI snapshot."""
+    from ..checkpoint import load_checkpoint
+    from ..metrics import psnr, ssim
+    from ..reconstruct import reconstruct
+
     inputs = (checkpoint_path, measurement, mask_path, truth)
     check_output(output, "--output", ARRAY_OUTPUT_SUFFIXES, inputs)
     if preview:

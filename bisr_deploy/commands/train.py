@@ -8,9 +8,6 @@ from __future__ import annotations
 import click
 
 from ..errors import BisrError
-from ..train import distributed
-from ..train.config import load_config
-from ..train.trainer import Trainer
 
 
 @click.command("train")
@@ -26,6 +23,10 @@ from ..train.trainer import Trainer
               help="Start from these weights (project .safetensors or authors' .pth of the same architecture).")
 def train_command(config_path, overrides, output_dir, resume, init_path):
     """Train BiSRNet on simulated CASSI measurements of cube folders and/or synthetic scenes."""
+    from ..train import distributed
+    from ..train.config import load_config
+    from ..train.trainer import Trainer
+
     if resume and init_path:
         raise BisrError("--resume continues a run with its own weights; it cannot be combined with --init")
     overrides = list(overrides) + ([f"train.output_dir={_toml_string(output_dir)}"] if output_dir else [])

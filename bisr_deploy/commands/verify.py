@@ -8,11 +8,12 @@ from pathlib import Path
 import click
 
 from .. import progress
-from .. import verify as v
-from ..artifact import Manifest, read_manifest
-from ..checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from ..artifact import read_manifest
+from ..data.reference import DATA_ENV, reference_data
+from ..shipped import DEFAULT_CHECKPOINT, resolve_checkpoint
 from ..errors import BisrError
-from ..fileio import atomic_output, check_output, file_sha256, load_array
+from ..fileio import atomic_output, check_output, load_array
+from ..provenance import check_same_weights
 from . import checkpoint_option
 
 
@@ -22,7 +23,7 @@ from . import checkpoint_option
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help=f"Reference data laid out like the project's ../shared/data: hsi-scenes/ (ground-truth cubes), "
                    f"tsa-cassi/mask_simulation_256.mat or mask_real_660.mat, and for real-mode artifacts "
-                   f"tsa-cassi/real_measurements/. Default: ${v.DATA_ENV}, else ../shared/data of the current "
+                   f"tsa-cassi/real_measurements/. Default: ${DATA_ENV}, else ../shared/data of the current "
                    f"directory when it exists, else none (held-out synthetic scenes through the generated mask).")
 @click.option("--scenes", "scenes_dir", type=click.Path(file_okay=False), default=None,
               help="Folder of ground-truth cubes (default: hsi-scenes/ of the reference data).")
@@ -43,6 +44,8 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
 
     Exits with status 1 when a criterion fails (criteria: bisr_deploy/verify.py)."""
     from .. import emulation, runtime
+    from .. import verify as v
+    from ..checkpoint import load_checkpoint
 
     if json_path:
         check_output(json_path, "--json", (".json",), (checkpoint_path, mask_path, *Path(artifact).glob("*")))
@@ -50,14 +53,14 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
     ckpt = load_checkpoint(checkpoint_path)
     if ckpt.config.mode != manifest.mode:
         raise BisrError(f"the artifact is a {manifest.mode}-mode model, the checkpoint a {ckpt.config.mode}-mode one")
-    _check_source(manifest, checkpoint_path, ckpt)
+    check_same_weights(manifest.source, resolve_checkpoint(checkpoint_path), ckpt.provenance)
     _, _, height, width = manifest.output.shape
     report = v.Report(artifact=str(artifact), checkpoint=checkpoint_path or DEFAULT_CHECKPOINT)
 
     mode = manifest.mode
-    data = v.reference_data(data_dir, mode)
+    data = reference_data(data_dir, mode)
     if data is None:
-        report.skipped.append(f"reference scenes: no --data, ${v.DATA_ENV} or ../shared/data here")
+        report.skipped.append(f"reference scenes: no --data, ${DATA_ENV} or ../shared/data here")
     aperture = load_array(mask_path, mask_key) if mask_path else v.default_mask(mode, height, width, data)
     aperture = v.crop_mask(aperture, height, width)
     scenes = [("synthetic", s) for s in v.synthetic_scenes(synthetic, height, width, aperture, mode)]
@@ -100,27 +103,15 @@ def verify_command(artifact, checkpoint_path, data_dir, scenes_dir, real_dir, sy
     click.echo("PASS: every criterion holds")
 
 
-def _check_source(manifest: Manifest, checkpoint_path: str | None, ckpt) -> None:
-    """Refuse a checkpoint other than the one the artifact records as its source (when it records one): the
-    recorded sha256 is that of the checkpoint file, or, for an artifact compiled from an exported ONNX file, of
-    the file the checkpoint came from (its provenance: an authors' .pth behind a converted named checkpoint)."""
-    from ..checkpoint import resolve_checkpoint
-
-    source = manifest.source
-    recorded = source.get("checkpoint_sha256") or source.get("bisr.source.sha256")
-    accepted = {file_sha256(resolve_checkpoint(checkpoint_path)), ckpt.provenance.get("sha256")}
-    if recorded and recorded not in accepted:
-        raise BisrError(f"the artifact was compiled from another checkpoint (sha256 {recorded[:12]}...); "
-                        "give that one with --checkpoint")
-
-
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def _print_table(report: v.Report) -> None:
-    """Scenes with their PSNR/SSIM of the artifact against PyTorch's output and (when known) of both against
-    ground truth; then the per-layer agreement."""
+def _print_table(report) -> None:
+    """``report`` (a ``verify.Report``): scenes with their PSNR/SSIM of the artifact against PyTorch's output and
+    (when known) of both against ground truth; then the per-layer agreement."""
+    from .. import verify as v
+
     click.echo(f"{'':<43} {'':<13} {'artifact vs PyTorch':^21} {'PSNR vs ground truth (dB)':^37} {'time':>8}")
     click.echo(f"{'scene':<43} {'kind':<13} {'PSNR dB':>13} {'SSIM':>7} {'artifact':>13} "
                f"{'PyTorch':>14} {'art-PyT':>7} {'ms':>8}")

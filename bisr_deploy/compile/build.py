@@ -11,7 +11,7 @@ import os
 
 import onnx
 
-from .. import __version__, artifact, progress
+from .. import __version__, artifact, progress, provenance
 from ..artifact import LayerRecord, Manifest, TargetRecord, TensorRecord
 from ..errors import BisrError
 from .onnx_import import ImportedModel, import_onnx
@@ -65,8 +65,8 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
                    source: dict | None = None) -> Manifest:
     """Compile ``model`` for ``target`` (default: x86 native) into the artifact directory ``output``.
 
-    ``source``: provenance to record (e.g. ``{"file": ..., "sha256": ...}``); the sha256 of the serialized
-    ONNX model is always recorded. Refuses (before compiling) an output it may not replace: anything but an
+    ``source``: where the model came from (``provenance.checkpoint_origin`` or ``onnx_file_origin``), recorded
+    with the serialized ONNX model's sha256 and its ``bisr.source.*`` metadata (``provenance.artifact_source``). Refuses (before compiling) an output it may not replace: anything but an
     artifact with nothing but its own files. Returns the manifest.
     """
     import tvm
@@ -83,8 +83,7 @@ def build_artifact(model: onnx.ModelProto, output: str | os.PathLike, target: Co
         target=TargetRecord(arch=target.arch, cpu=target.cpu, triple=target.triple, tvm_target=target.tvm_target,
                             required_cpu_features=list(target.required_features)),
         versions={"bisr_deploy": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__},
-        source={"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), **(source or {}),
-                **{k: v for k, v in meta.items() if k.startswith("bisr.source.")}},
+        source=provenance.artifact_source(hashlib.sha256(onnx_bytes).hexdigest(), meta, source),
         params=[name for name, _ in imported.params],
         layers=_layer_records(imported),
     )

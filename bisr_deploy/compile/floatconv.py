@@ -2,10 +2,15 @@
 
 TVM's default Relax CPU pipeline legalises ``nn.conv2d`` to an unscheduled loop nest; BiSRNet's float
 convolutions (``fution`` 1x1 56->28, ``conv_in``/``conv_out`` 3x3 28->28) would dominate the run time.
-This kernel keeps an ``out_block`` x ``lanes`` tile of accumulators in registers (``out_block_for``): the image width is the
-vector axis (one input vector load feeds ``out_block`` FMAs with broadcast weights), rows run in parallel.
+This kernel keeps a register tile of accumulators, ``Schedule.conv_tile`` = (output channels, vectors along
+the row) (``tile_for``): the image width is the vector axis, each input vector load feeds one FMA per output
+channel of the tile and each broadcast weight one per vector, so loads stay below the FMAs. Bands of output
+rows (the largest height divisor up to ``Schedule.row_band``) run in parallel; each band zero-pads its input
+rows (and their halo) into a buffer of its own (cache-resident; the interior columns are one vector copy),
+so no padded copy of the whole input goes through memory. docs/compiler.md ("The float convolutions") has
+the tiles and the measurements; the reduction order per output is the same for every tile.
 
-``conv2d_primfunc(spec, lanes)`` -> PrimFunc with params (X [N,Ci,H,W], W [Co,Ci/groups,KH,KW], Y [N,Co,Ho,Wo]).
+``conv2d_primfunc(spec, schedule)`` -> PrimFunc with params (X [N,Ci,H,W], W [Co,Ci/groups,KH,KW], Y [N,Co,Ho,Wo]).
 The TVM fp32 baseline also runs BiSRNet's binary convolutions (±1 weights, grouped 3x3) through it.
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schedule import vector_lanes
+from .schedule import Schedule, vector_lanes
 
 
 @dataclass(frozen=True)
@@ -68,51 +73,59 @@ def conv2d_compute(spec: Conv2dSpec):
     return [x, weight], out
 
 
-def out_block_for(spec: Conv2dSpec, lanes: int) -> int:
-    """Output channels per register tile: many for 3x3 (compute-bound: 14 zmm accumulators hide the FMA
-    latency; fewer with AVX2's 16 registers), few for 1x1 (memory-bound). A divisor of Co/groups."""
-    limit = (14 if lanes >= 16 else 6) if spec.kernel != (1, 1) else 4
+def tile_for(spec: Conv2dSpec, schedule: Schedule) -> tuple[int, int, int]:
+    """(output channels, vectors, lanes) of the register tile: the largest that fit ``schedule.conv_tile``
+    and divide the outputs per group and the row (``vector_lanes``)."""
+    max_out, max_vectors = schedule.conv_tile
     per_group = spec.out_channels // spec.groups
-    return max(b for b in range(1, limit + 1) if per_group % b == 0)
+    lanes = vector_lanes(spec.out_width, schedule.lanes)
+    out_block = max(b for b in range(1, max_out + 1) if per_group % b == 0)
+    vectors = max(v for v in range(1, max_vectors + 1) if spec.out_width % (v * lanes) == 0)
+    return out_block, vectors, lanes
 
 
-def conv2d_primfunc(spec: Conv2dSpec, lanes: int = 16, out_block: int | None = None):
-    """The scheduled ``PrimFunc`` (see module docstring); ``out_block`` default: ``out_block_for``."""
+def conv2d_primfunc(spec: Conv2dSpec, schedule: Schedule):
+    """The scheduled ``PrimFunc`` (see module docstring)."""
     from tvm import s_tir, te
 
     inputs, output = conv2d_compute(spec)
     func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "conv2d")
     sch = s_tir.Schedule(func)
-    out_block = out_block or out_block_for(spec, lanes)
-    lanes = vector_lanes(spec.out_width, lanes)
-    if (spec.out_channels // spec.groups) % out_block:
-        raise ValueError(f"out_block {out_block} does not divide the {spec.out_channels // spec.groups} outputs per group")
-    if any(spec.pads):
-        pad = sch.get_sblock("pad")
-        n, c, y, xx = sch.get_loops(pad)
-        sch.reorder(n, y, c, xx)
-        sch.parallel(sch.fuse(n, y))
+    out_block, width_vectors, lanes = tile_for(spec, schedule)
+    row_band = max(b for b in range(1, schedule.row_band + 1) if spec.out_height % b == 0)
     store = sch.get_sblock("store")
     conv = sch.get_sblock("conv")
     n, o, y, xx = sch.get_loops(store)
     oo, oi = sch.split(o, [None, out_block])
-    xo, xi = sch.split(xx, [None, lanes])
-    sch.reorder(n, y, xo, oo, oi, xi)
-    rows = sch.fuse(n, y)
+    xo, xv, xi = sch.split(xx, [None, width_vectors, lanes])
+    sch.reorder(n, y, xo, oo, oi, xv, xi)
+    band, _ = sch.split(sch.fuse(n, y), [None, row_band])
     sch.vectorize(xi)
     sch.set_scope(conv, 0, "local")
     sch.compute_at(conv, oo)
-    inner = sch.get_loops(conv)[3:]  # below (rows, xo, oo); unit loops vanish under compute_at
-    n_spatial = int(out_block > 1) + int(lanes > 1)
+    inner = sch.get_loops(conv)[4:]  # below (band, row, xo, oo); unit loops vanish under compute_at
+    n_spatial = int(out_block > 1) + int(width_vectors * lanes > 1)
     spatial, reduction = inner[:n_spatial], inner[n_spatial:]
+    if width_vectors > 1 and lanes > 1:  # compute_at made one loop of the tile's width
+        spatial = [*spatial[:-1], *sch.split(spatial[-1], [width_vectors, lanes])]
+        n_spatial += 1
     sch.reorder(*reduction, *spatial)
     if lanes > 1:
         sch.vectorize(spatial[-1])
     for loop in spatial[: n_spatial - int(lanes > 1)] + reduction[1:]:
         sch.unroll(loop)
-    sch.parallel(rows)
+    sch.parallel(band)
     init = sch.decompose_reduction(conv, reduction[0])
     if lanes > 1:
         sch.vectorize(sch.get_loops(init)[-1])
+    if any(spec.pads):
+        pad = sch.get_sblock("pad")
+        sch.compute_at(pad, band)
+        # the columns that copy X (no condition on x once apart from the zero columns) are one vector loop
+        left, right = spec.pads[1], spec.pads[3]
+        columns = sch.get_loops(pad)[-1]
+        if left or right:
+            factors = [left] * bool(left) + ([spec.width, None] if right else [None])
+            columns = sch.loop_partition(columns, factors)[int(left > 0)]
+        sch.vectorize(columns)
     return sch.mod["main"]
-

@@ -224,7 +224,7 @@ def lowering_class():
             spec = Conv2dSpec(xs[0], xs[1], ws[0], xs[2], xs[3], (ws[2], ws[3]), pads, groups)
             name = "conv2d_" + "x".join(str(v) for v in (spec.in_channels, spec.out_channels, spec.height, spec.width,
                                                          *spec.kernel, groups))
-            gv = self._kernel(("conv2d", spec), lambda: conv2d_primfunc(spec, self.state.schedule.lanes), name)
+            gv = self._kernel(("conv2d", spec), lambda: conv2d_primfunc(spec, self.state.schedule), name)
             self.state.layers.append(LayerInfo(name, "conv2d", spec, name))
             out = relax.TensorType([spec.batch, spec.out_channels, spec.out_height, spec.out_width], "float32")
             return relax.call_tir(gv, [x, w], out)

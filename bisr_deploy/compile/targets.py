@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import BisrError
-from ..hostcpu import host_cpu_flags
-from .schedule import Schedule
+from ..hostcpu import host_arch, host_cpu_flags, host_triple, triple_arch
+from .schedule import Schedule, schedule_for
 
 # LLVM feature name -> /proc/cpuinfo flag, for the instruction-set extensions LLVM selects instructions from.
 _LLVM_TO_CPUINFO = {
@@ -82,20 +82,7 @@ def _resolve_x86(cpu: str, num_cores: int | None, _ndk: str | None) -> CompileTa
         if missing:  # LLVM's name for this CPU claims more than the (virtual) machine exposes
             target["mattr"] = [f"-{llvm}" for llvm, flag in _LLVM_TO_CPUINFO.items() if flag in missing]
             required = tuple(f for f in required if f not in missing)
-    return CompileTarget("x86", cpu, target, target_schedule("x86", required), required_features=required)
-
-
-def target_schedule(arch: str, required_features) -> Schedule:
-    """The ``Schedule`` of a target (a ``TARGETS`` name) whose code uses ``required_features`` (Linux's names):
-    the one rule, for ``resolve_target`` and for ``bisr-deploy estimate`` re-lowering a built artifact.
-    x86: one zmm (AVX-512) or ymm of lanes, one output vector per iteration (as its kernels were measured).
-    NEON: 4 lanes; 4 vectors per iteration of the bitserial kernels, the block that
-    `bisr-deploy estimate --core cortex-a76` found fastest (docs/arm.md)."""
-    if arch == "x86":
-        return Schedule(lanes=16 if "avx512f" in required_features else 8)
-    if arch in ("arm", "android-arm64"):
-        return Schedule(lanes=4, pixel_block=4)
-    raise BisrError(f"no schedule for target {arch!r}")
+    return CompileTarget("x86", cpu, target, schedule_for(required), required_features=required)
 
 
 # Only the generic ARMv8-A core for ARM: an -mcpu would let LLVM use extensions (dotprod, LSE, ...) that
@@ -110,8 +97,8 @@ def _resolve_aarch64(arch: str):
             target["num-cores"] = int(num_cores)
         # The NDK is checked here, before the long compile, not at link time.
         ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
-        return CompileTarget(arch, cpu, target, target_schedule(arch, ("asimd",)), required_features=("asimd",),
-                             ndk=ndk)
+        features = ("asimd",)
+        return CompileTarget(arch, cpu, target, schedule_for(features), required_features=features, ndk=ndk)
 
     return resolve
 
@@ -165,6 +152,19 @@ def resolve_target(arch: str = "x86", cpu: str = "native", num_cores: int | None
     return entry.resolve(cpu, num_cores, ndk)
 
 
+def host_target(cpu: str = "native") -> CompileTarget:
+    """The target of this machine (the first ``TARGETS`` entry for its architecture: x86 or arm) with ``cpu``;
+    ``BisrError`` on a machine no entry covers."""
+    for entry in TARGETS.values():
+        if triple_arch(entry.triple) == host_arch():
+            return resolve_target(entry.name, cpu)
+    raise BisrError(f"no compile target for this machine's architecture ({host_arch()}); "
+                    f"supported: {', '.join(TARGETS)}")
+
+
 def fcompile_for(target: CompileTarget):
-    """The ``fcompile`` for ``export_library``: None (the host compiler) for x86, a cross linker for ARM."""
+    """The ``fcompile`` for ``export_library``: the target's linker (a cross linker for ARM), or None (the host
+    compiler) when the target is this machine's own (an ARM build on an aarch64 board)."""
+    if target.triple == host_triple():
+        return None
     return TARGETS[target.arch].linker(target)

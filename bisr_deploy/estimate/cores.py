@@ -25,6 +25,8 @@ class Core:
     l2: int  # private, per core
     l3: int  # shared by the cluster
     example: str  # the chip the clock, bandwidth and caches are taken from
+    binary_macs_per_cycle: float  # peak: XOR + popcount + accumulate on every vector pipe that can do them
+    fmas_per_cycle: float  # peak float32 multiply-adds per cycle (FMA pipes x lanes)
 
     def cache_bytes(self, threads: int) -> int:
         return self.l2 * threads + self.l3
@@ -32,13 +34,16 @@ class Core:
 
 CORES = {core.name: core for core in (
     Core("cortex-a55", "aarch64", "cortex-a55", 1.8, 34.1, 32 * KIB, 128 * KIB, 2 * MIB,
-         "Snapdragon 855 little core (Kryo 485 Silver)"),
-    Core("cortex-a76", "aarch64", "neoverse-n1", 2.4, 17.1, 64 * KIB, 512 * KIB, 2 * MIB, "Raspberry Pi 5 (BCM2712)"),
-    Core("cortex-a78", "aarch64", "neoverse-n1", 2.42, 51.2, 64 * KIB, 512 * KIB, 4 * MIB, "Snapdragon 888 mid core"),
-    Core("cortex-x1", "aarch64", "neoverse-v1", 2.84, 51.2, 64 * KIB, 1 * MIB, 4 * MIB, "Snapdragon 888 prime core"),
-    Core("neoverse-n1", "aarch64", "neoverse-n1", 2.5, 204.8, 64 * KIB, 1 * MIB, 32 * MIB, "AWS Graviton2"),
+         "Snapdragon 855 little core (Kryo 485 Silver)", 128 / 3, 4),
+    Core("cortex-a76", "aarch64", "neoverse-n1", 2.4, 17.1, 64 * KIB, 512 * KIB, 2 * MIB, "Raspberry Pi 5 (BCM2712)",
+         256 / 3, 8),
+    Core("cortex-a78", "aarch64", "neoverse-n1", 2.42, 51.2, 64 * KIB, 512 * KIB, 4 * MIB, "Snapdragon 888 mid core",
+         256 / 3, 8),
+    Core("cortex-x1", "aarch64", "neoverse-v1", 2.84, 51.2, 64 * KIB, 1 * MIB, 4 * MIB, "Snapdragon 888 prime core",
+         512 / 3, 16),
+    Core("neoverse-n1", "aarch64", "neoverse-n1", 2.5, 204.8, 64 * KIB, 1 * MIB, 32 * MIB, "AWS Graviton2", 256 / 3, 8),
     Core("xeon-kvm", "x86_64", "rocketlake", 2.6, 15.0, 48 * KIB, 2 * MIB, 0,
-         "this project's 2-core KVM Xeon (CPUID model 167), the calibration machine"),
+         "this project's 2-core KVM Xeon (CPUID model 167), the calibration machine", 1024 / 3, 32),
 )}
 
 

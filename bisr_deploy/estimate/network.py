@@ -11,14 +11,16 @@ gives, for every kernel call of ``main`` in execution order:
   parallel loops is divided by ``threads``;
 - ``dram_bytes``: ``dram_traffic``, a buffer-granular LRU of the core's cache (L2 per thread + L3): an input
   not resident is read from DRAM, a written buffer pushed out of the cache is written back;
-- ``est_ms = max(compute, DRAM time)`` (a roofline per call) and ``bound``: which of the two is larger.
+- ``est_ms = max(compute, DRAM time)`` (a roofline per call) and ``bound``: which of the two is larger;
+- ``roofline_ms``: the call's floor on this core, ``max(compute_floor_ms, dram_ms)``, with ``compute_floor_ms``
+  its binary MACs at ``Core.binary_macs_per_cycle`` plus its float MACs at ``Core.fmas_per_cycle``.
 
-``measure_artifact`` adds the in-network time of every call (``bench.profile.network_calls``) and the total.
+``measure_artifact`` adds the in-network time of every call (``bench.profile.network_calls``), the total, and
+per call ``roofline_fraction = roofline_ms / measured_ms``: how close the kernel runs to its floor.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,26 +34,12 @@ from .cores import Core
 
 def _target(manifest: Manifest):
     """The ``CompileTarget`` the artifact was built for (its schedule as ``resolve_target`` chooses it)."""
-    from ..compile.targets import CompileTarget, target_schedule
+    from ..compile.schedule import schedule_for
+    from ..compile.targets import CompileTarget
 
     target = manifest.target
     features = tuple(target.required_cpu_features)
-    return CompileTarget(target.arch, target.cpu, target.tvm_target, target_schedule(target.arch, features), features)
-
-
-def load_source_model(directory: Path, manifest: Manifest):
-    """The artifact's ``model.onnx``, checked against the manifest's ``source.onnx_sha256``."""
-    import onnx
-
-    from ..artifact import SOURCE_MODEL
-
-    path = directory / SOURCE_MODEL
-    if not path.is_file() or SOURCE_MODEL not in manifest.files:
-        raise BisrError(f"{directory} has no {SOURCE_MODEL} (compiled by an older bisr-deploy): compile it again")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != manifest.source.get("onnx_sha256"):
-        raise BisrError(f"{path} is not the model this artifact was compiled from (sha256 differs)")
-    return onnx.load_model_from_string(data)
+    return CompileTarget(target.arch, target.cpu, target.tvm_target, schedule_for(features), features)
 
 
 def layer_macs(imported) -> dict[str, tuple[int, int]]:
@@ -111,7 +99,9 @@ class PreparedArtifact:
 def prepare_artifact(directory, float_build: bool = False) -> PreparedArtifact:
     """Re-import, lower and assemble the artifact's kernels (the slow part: a TVM build and llc).
     ``float_build``: the same graph with BiSR-Conv in float32 ops (the bench's ``tvm-fp32`` backend)."""
-    from ..artifact import read_manifest
+    import onnx
+
+    from ..artifact import read_manifest, read_source_model
     from ..bench.profile import lowered_calls
     from ..compile.onnx_import import import_onnx
     from .loops import compile_kernels
@@ -119,7 +109,7 @@ def prepare_artifact(directory, float_build: bool = False) -> PreparedArtifact:
     directory = Path(directory)
     manifest = read_manifest(directory)
     target = _target(manifest)
-    model = load_source_model(directory, manifest)
+    model = onnx.load_model_from_string(read_source_model(directory, manifest))
     try:
         imported = import_onnx(model, target.schedule, bitserial=not float_build)
     except BisrError:
@@ -164,11 +154,13 @@ def estimate(prepared: PreparedArtifact, core: Core, clock_ghz: float | None = N
         compute_ms = compute / (clock_ghz * 1e6)
         dram_ms = dram / (dram_gbs * 1e6)
         binary, flt = prepared.macs.get(name, (0, 0))
+        floor_ms = (binary / core.binary_macs_per_cycle + flt / core.fmas_per_cycle) / threads / (clock_ghz * 1e6)
         kernels.append({
             "call": k, "function": name, "binary_macs": binary, "float_macs": flt, "dram_bytes": dram,
             "compute_cycles": round(compute), "compute_ms": compute_ms, "dram_ms": dram_ms,
             "est_ms": max(compute_ms, dram_ms), "bound": "compute" if compute_ms >= dram_ms else "dram",
             "binary_macs_per_cycle": binary / compute if compute else 0.0,
+            "compute_floor_ms": floor_ms, "roofline_ms": max(floor_ms, dram_ms),
             "loops": record["loops"],
         })
     return {"artifact": str(prepared.directory), "core": core.name, "llvm_mcpu": core.mcpu, "clock_ghz": clock_ghz,
@@ -187,8 +179,7 @@ def measure_artifact(model, report: dict, rounds: int = 10) -> None:
     from ..bench.runners import bench_inputs
     from ..runtime import set_num_threads
 
-    height, width = model.manifest.output.shape[2:]
-    y, mask = bench_inputs(height, width, model.manifest.mode)
+    y, mask = bench_inputs([record.shape for record in model.manifest.inputs])
     set_num_threads(report["threads"])
     fastest = None
     for _ in range(rounds):
@@ -200,6 +191,7 @@ def measure_artifact(model, report: dict, rounds: int = 10) -> None:
     for kernel, ms in zip(report["kernels"], fastest):
         kernel["measured_ms"] = ms
         kernel["error"] = kernel["est_ms"] / ms - 1 if ms else None
+        kernel["roofline_fraction"] = kernel["roofline_ms"] / ms if ms else None
     report["measured_total_ms"] = sum(fastest)
     report["total_error"] = report["total_ms"] / report["measured_total_ms"] - 1
 

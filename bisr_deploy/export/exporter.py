@@ -13,6 +13,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import BisrError
 from ..fileio import atomic_output
 from ..model import BiSRNet
+from ..provenance import onnx_metadata
 from ..snapshot import check_scene_size
 from .clean import annotate_shapes, inference_problems
 from .graph import build_graph
@@ -50,7 +51,7 @@ def export_onnx(checkpoint: str | os.PathLike | Checkpoint | BiSRNet | None = No
     )
     meta = {"bisr.mode": model.mode, "bisr.height": str(height), "bisr.width": str(width),
             "bisr.bands": str(model.n_bands), "bisr.step": "2"}
-    meta.update({f"bisr.source.{k}": str(v) for k, v in provenance.items()})
+    meta.update(onnx_metadata(provenance))
     helper.set_model_props(onnx_model, meta)
     onnx_model = annotate_shapes(onnx_model)
     problems = inference_problems(onnx_model)
