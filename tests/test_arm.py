@@ -116,8 +116,8 @@ np.savez(sys.argv[3], **outs)
 
 @pytest.mark.slow  # one qemu run of the guest's Python: ~60 s on the shared machine
 def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path):
-    """The BiSR-Conv kernels with the NEON schedule (4 lanes, 4 vectors per iteration, pack by
-    shift-and-insert, popcount sums in the epilogue, the fused LayerNorm's per-pixel stages), run under qemu,
+    """The BiSR-Conv kernels with the NEON schedule (4 lanes, 4 vectors per iteration, popcount sums in the
+    epilogue, the fused LayerNorm's per-pixel stages), run under qemu,
     give the x86 kernels' bits (which test_compile checks against the reference), also at odd sizes: a row
     of 3 vectors, 7 channels, groups straddling words, tap-packed windows."""
     import tvm

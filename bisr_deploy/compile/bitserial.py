@@ -259,26 +259,24 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
             return layers[0][name][index]
         return tirx.Select(l == 0, layers[0][name][index], layers[1][name][index])
 
-    def popcount_sum(words_):
+    def popcount_sum(diffs):
         """Σ popcount over the window's words as one expression (no reduction stage: the sum stays in registers
         of the epilogue that inlines it, and the weights stay loop-invariant)."""
         total = None
-        for diff in words_:
+        for diff in diffs:
             term = tirx.popcount(diff).astype("int32")
             total = term if total is None else total + term
         return total
 
     def pack(n, q, y, xx):
-        """Channels from the word's last down to its first, each shifted in at bit 0: the shift-and-insert
-        chain (``(word << 1) | bit``) that NEON does in one ``sli`` per channel; channel c lands at bit c % 32."""
         l, p = (0, q) if n_layers == 1 else (q // words, q % words)
         word = None
-        for bit in reversed(range(WORD_BITS)):
+        for bit in range(WORD_BITS):
             ch = tirx.min(p * WORD_BITS + bit, c - 1)
             positive = tirx.all(p * WORD_BITS + bit < c,
                                 param("redist_scale", l, ch) * x_at(n, l, ch, y, xx) > -param("redist_bias", l, ch))
-            term = tirx.Select(positive, tirx.const(1, u32), tirx.const(0, u32))
-            word = term if word is None else (word << tirx.const(1, u32)) | term
+            term = tirx.Select(positive, tirx.const(1 << bit, u32), tirx.const(0, u32))
+            word = term if word is None else word | term
         return word
 
     packed = te.compute((n_, n_layers * words, h, w), pack, name="pack")
@@ -307,6 +305,7 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion()):
             return word
 
         windows = te.compute((n_, n_layers, spec.group, spec.tap_words, h, w), gather, name="gather")
+
         def conv(n, l, o, y, xx):
             return popcount_sum(windows[n, l, o // cg, t, y, xx] ^ param("wwords", l, o, t)
                                 for t in range(spec.tap_words))
