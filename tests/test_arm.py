@@ -114,7 +114,6 @@ np.savez(sys.argv[3], **outs)
 """
 
 
-@pytest.mark.slow  # one qemu run of the guest's Python: ~60 s on the shared machine
 def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path):
     """The BiSR-Conv kernels with the NEON schedule (4 lanes, 4 vectors per iteration, popcount sums in the
     epilogue, the fused LayerNorm's per-pixel stages), run under qemu,
