@@ -389,11 +389,10 @@ def _vectorize_row(sch, pack, lanes: int) -> None:
 def _layer_norm_at(sch, rows, lanes: int) -> None:
     """``layer_norm_stages`` computed row by row at ``rows`` (one row of C channels, in L1), before the pack and
     epilogue that read it: the statistics' channel sums outside, the row's x in vectors of ``lanes``."""
-    stages = [sch.get_sblock(name) for name in ("norm", "x_rstd", "x_var_sum", "x_mean", "x_sum")]
-    for block in stages:  # consumers first
-        sch.compute_at(block, rows)
-    for block in stages[:2] + stages[3:4]:
-        *_, xx = sch.get_loops(block)
+    for name in ("norm", "x_rstd", "x_var_sum", "x_mean", "x_sum"):  # consumers first
+        sch.compute_at(sch.get_sblock(name), rows)
+    for name in ("norm", "x_rstd", "x_mean"):
+        *_, xx = sch.get_loops(sch.get_sblock(name))
         sch.vectorize(sch.split(xx, [None, lanes])[1])
     for name in ("x_var_sum", "x_sum"):
         block = sch.get_sblock(name)
@@ -409,7 +408,7 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
                       row_band: int = Schedule.row_band, pixel_block: int = Schedule.pixel_block):
     """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
     vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
-    reduction in registers, the taps unrolled; a ``mean`` pair keeps both layers' accumulators. One
+    popcount sums inlined into the epilogue (in registers, taps unrolled; a ``mean`` pair has both layers'). One
     iteration of the innermost loop computes ``pixel_block`` vectors of pixels (register blocking; lowered
     to the largest divisor of the row's vectors not above it)."""
     from tvm import s_tir, te

@@ -58,7 +58,7 @@ def fusion_class():
             schedule = self.state.schedule
             gv = self._kernel(("bisrconv", spec, fusion),
                               lambda: bisrconv_primfunc(spec, schedule.lanes, fusion, schedule.row_band,
-                                                schedule.pixel_block), name)
+                                                        schedule.pixel_block), name)
             self.state.bisr_kernels[name] = (spec, fusion)
             members = tuple(a.name.rsplit(".", 1)[0] for a in args if a.name.endswith(".wwords"))
             # The record goes right after its members' (graph order), replacing an earlier fusion of them.

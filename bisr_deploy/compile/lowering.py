@@ -202,7 +202,7 @@ def lowering_class():
             schedule = self.state.schedule
             gv = self._kernel(("bisrconv", spec),
                               lambda: bisrconv_primfunc(spec, schedule.lanes, row_band=schedule.row_band,
-                                                pixel_block=schedule.pixel_block), name)
+                                                        pixel_block=schedule.pixel_block), name)
             self.state.bisr_kernels[name] = (spec, Fusion())
             self.state.layers.append(LayerInfo(node.name, "bisrconv", spec, name))
             return relax.call_tir(gv, [x, *args], relax.TensorType(shape, "float32"))
