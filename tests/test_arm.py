@@ -115,16 +115,15 @@ np.savez(sys.argv[3], **outs)
 
 
 def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path):
-    """The BiSR-Conv kernels with the NEON schedule (4 lanes, 4 vectors per iteration, popcount sums in the
-    epilogue, the fused LayerNorm's per-pixel stages), run under qemu,
-    give the x86 kernels' bits (which test_compile checks against the reference), also at odd sizes: a row
-    of 3 vectors, 7 channels, groups straddling words, tap-packed windows."""
+    """The BiSR-Conv kernels with the NEON schedule (4 lanes, blocks of 4 vectors, popcount sums in the
+    epilogue, the fused LayerNorm's per-pixel stages), run under qemu, give the x86 kernels' bits (which
+    test_compile checks against the reference), also at odd sizes: rows of 3 and 5 vectors (blocks of 3 and
+    1), 7 channels, groups straddling words, tap-packed windows."""
     import tvm
 
     from bisr_deploy.compile.bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc
-    from bisr_deploy.compile.targets import resolve_target
-
     from bisr_deploy.compile.lowering import kernel_params
+    from bisr_deploy.compile.targets import resolve_target
 
     from .test_compile import random_case
 
@@ -139,9 +138,7 @@ def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path):
         spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p,) * 4, group)
         node = lambda inputs: type("Node", (), {"spec": spec, "inputs": inputs})  # noqa: E731
         layers = [random_case(rng, c, h, w, ks, group) for _ in range(fusion.layers)]
-        xs = [layers[0][2]] * (1 + fusion.split_input)
-        if fusion.combine == "mean" and not fusion.split_input:
-            xs = [np.concatenate([layers[0][2], layers[1][2]], axis=1)]
+        xs = [x for _, _, x in layers] if fusion.split_input else [layers[0][2]]
         args = [*xs, *(v for _, inputs, _ in layers for v in kernel_params(node(inputs)).values())]
         if fusion.norm:
             args += [rng.standard_normal(c).astype(np.float32) for _ in range(2)]
