@@ -100,6 +100,77 @@ def test_xnor_popcount_kernel_on_aarch64_equals_x86(arm_env, tmp_path):
     np.testing.assert_array_equal(arm, x86)
 
 
+_RUN_KERNELS = """
+import sys, numpy as np, tvm
+lib = tvm.runtime.load_module(sys.argv[1])
+cases = np.load(sys.argv[2])
+outs = {}
+for name in sorted({key.split("/")[0] for key in cases.files}):
+    args = [tvm.runtime.tensor(cases[f"{name}/{i}"]) for i in range(int(cases[f"{name}/n"]))]
+    out = tvm.runtime.tensor(np.zeros(tuple(cases[f"{name}/shape"]), np.float32))
+    lib[name](*args, out)
+    outs[name] = out.numpy()
+np.savez(sys.argv[3], **outs)
+"""
+
+
+def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path):
+    """The BiSR-Conv kernels with the NEON schedule (4 lanes, blocks of 4 vectors, popcount sums in the
+    epilogue, the fused LayerNorm's per-pixel stages), run under qemu, give the x86 kernels' bits (which
+    test_compile checks against the reference), also at odd sizes: rows of 3 and 5 vectors (blocks of 3 and
+    1), 7 channels, groups straddling words, tap-packed windows."""
+    import tvm
+
+    from bisr_deploy.compile.bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc
+    from bisr_deploy.compile.lowering import kernel_params
+    from bisr_deploy.compile.targets import resolve_target
+
+    from .test_compile import random_case
+
+    rng = np.random.default_rng(11)
+    cases = [(40, 5, 12, 3, 4, Fusion(post=True)), (112, 4, 16, 3, 28, Fusion(post=True)),
+             (28, 3, 20, 1, 1, Fusion("concat", norm_epsilon=1e-5)),
+             (7, 3, 20, 1, 1, Fusion("mean", split_input=True, residual=True)), (28, 6, 8, 3, 1, Fusion("concat"))]
+    arm, x86 = resolve_target("arm"), resolve_target("x86", "native")
+    arrays, kernels = {}, {target.arch: {} for target in (arm, x86)}
+    for k, (c, h, w, ks, group, fusion) in enumerate(cases):
+        p = (ks - 1) // 2
+        spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p,) * 4, group)
+        node = lambda inputs: type("Node", (), {"spec": spec, "inputs": inputs})  # noqa: E731
+        layers = [random_case(rng, c, h, w, ks, group) for _ in range(fusion.layers)]
+        xs = [x for _, _, x in layers] if fusion.split_input else [layers[0][2]]
+        args = [*xs, *(v for _, inputs, _ in layers for v in kernel_params(node(inputs)).values())]
+        if fusion.norm:
+            args += [rng.standard_normal(c).astype(np.float32) for _ in range(2)]
+        if fusion.residual:
+            args.append(rng.standard_normal((1, c, h, w)).astype(np.float32))
+        c_out = fusion.output_channels(spec)
+        if fusion.post:
+            args += [rng.standard_normal(c_out).astype(np.float32) for _ in range(3)]
+        name = f"k{k}"
+        arrays.update({f"{name}/{i}": np.ascontiguousarray(a) for i, a in enumerate(args)})
+        arrays[f"{name}/n"], arrays[f"{name}/shape"] = np.array(len(args)), np.array([1, c_out, h, w])
+        for target in (arm, x86):
+            sc = target.schedule
+            kernels[target.arch][name] = bisrconv_primfunc(spec, sc.lanes, fusion, sc.row_band,
+                                                           sc.pixel_block).with_attr("global_symbol", name)
+    assert arm.schedule.pixel_block == 4
+    np.savez(tmp_path / "cases.npz", **arrays)
+    tvm.compile(tvm.IRModule(kernels["arm"]), target=arm.tvm_target).export_library(
+        str(tmp_path / "arm.so"), fcompile=cross.linux_fcompile())
+    (tmp_path / "run.py").write_text(_RUN_KERNELS)
+    arm_env.run_python(tmp_path / "run.py", [tmp_path / "arm.so", tmp_path / "cases.npz", tmp_path / "arm.npz"],
+                       timeout=600)
+    x86_lib = tvm.compile(tvm.IRModule(kernels["x86"]), target=x86.tvm_target)
+    got = np.load(tmp_path / "arm.npz")
+    cases_file = np.load(tmp_path / "cases.npz")
+    for name in kernels["x86"]:
+        n = int(cases_file[f"{name}/n"])
+        out = tvm.runtime.empty(tuple(cases_file[f"{name}/shape"]), "float32")
+        x86_lib[name](*(tvm.runtime.tensor(cases_file[f"{name}/{i}"]) for i in range(n)), out)
+        np.testing.assert_array_equal(got[name].view(np.uint32), out.numpy().view(np.uint32), err_msg=name)
+
+
 def test_guest_python_is_aarch64_and_isolated_from_host(arm_env):
     out = arm_env.run_python(code="import platform, sys, numpy; print(platform.machine(), numpy.__version__); "
                                   "print(any('pyenv' in p or 'site-packages' in p for p in sys.path))",

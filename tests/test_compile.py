@@ -84,6 +84,26 @@ FUSIONS = [Fusion("concat"), Fusion("concat", post=True), Fusion(post=True), Fus
 def test_fused_kernels_bit_exact(c, h, w, ks, group):
     """Every Fusion of two BiSRConvs (+ mean / concat, residual, RPReLU) equals the graph's ops, float32 step by
     step, on the reference of each layer: the plane-wise, the tap-packed (4 ch/group) and a straddling layout."""
+    check_fused_kernels(c, h, w, ks, group, FUSIONS)
+    with pytest.raises(BisrError, match="unsupported fusion"):
+        Fusion("concat", residual=True)
+
+
+@pytest.mark.parametrize("c,h,w,ks,group,pixel_block", [
+    (28, 3, 64, 1, 1, 4),     # a row of 4 vectors of 16 lanes (8 of 8 on AVX2): blocks of 4
+    (40, 5, 12, 3, 4, 4),     # a row of 3 vectors of 4 lanes: blocks of 3; groups straddle words
+    (112, 4, 32, 3, 28, 2),   # tap-packed windows, blocks of 2
+    (7, 3, 20, 3, 1, 4),      # a row of 5 vectors of 4 lanes: no block divides it, 1 vector per iteration
+])
+def test_register_blocked_kernels_bit_exact(c, h, w, ks, group, pixel_block):
+    """Register blocking (``Schedule.pixel_block`` vectors per iteration, lowered to a divisor of the row's
+    vectors) computes the same bits as the reference, fused or not."""
+    fusions = [Fusion(post=True), Fusion("concat", post=True), Fusion("mean", split_input=True, residual=True)]
+    check_fused_kernels(c, h, w, ks, group, fusions, pixel_block)
+
+
+def check_fused_kernels(c, h, w, ks, group, fusions, pixel_block=1):
+    """Each of ``fusions``, compiled for this machine with ``pixel_block``, against the reference."""
     rng = np.random.default_rng(c + h)
     p = (ks - 1) // 2
     spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p,) * 4, group)
@@ -94,7 +114,7 @@ def test_fused_kernels_bit_exact(c, h, w, ks, group):
     node = lambda inputs: type("Node", (), {"spec": spec, "inputs": inputs})  # noqa: E731
     params = [*kernel_params(node(i1)).values(), *kernel_params(node(i2)).values()]
     layer = lambda x, i, _signs: bisrconv_op.reference(x, i, (ks, ks), (p,) * 4, group).astype(np.float32)  # noqa: E731
-    for fusion in FUSIONS:
+    for fusion in fusions:
         args = params[:len(BISRCONV_PARAMS) * fusion.layers]
         if fusion.combine == "single":
             xs, want = [x1], layer(x1, i1, s1)
@@ -110,12 +130,11 @@ def test_fused_kernels_bit_exact(c, h, w, ks, group):
             t = want + b0
             want = np.where(t > 0, t, slope * t) + b1
             args = args + [a[:want.shape[1]] for a in post]
-        lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, TARGET.lanes, fusion)}), target=TARGET.tvm_target)
+        func = bisrconv_primfunc(spec, TARGET.lanes, fusion, pixel_block=pixel_block)
+        lib = tvm.compile(tvm.IRModule({"bisrconv": func}), target=TARGET.tvm_target)
         out = tvm.runtime.empty(want.shape, "float32")
         lib["bisrconv"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [*xs, *args]), out)
         np.testing.assert_array_equal(out.numpy(), want.astype(np.float32), err_msg=str(fusion))
-    with pytest.raises(BisrError, match="unsupported fusion"):
-        Fusion("concat", residual=True)
 
 
 def standalone_layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:

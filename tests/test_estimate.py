@@ -85,6 +85,31 @@ def test_block_names_map_to_tir_loops_through_llvm_suffixes():
     assert loops._tir_var("vector", tir) is None
 
 
+@pytest.mark.needs_tvm
+def test_tir_loops_of_one_name_are_priced_apart():
+    """Two TIR loops named ``i`` (64 and 8 trips): LLVM's numbered block names (``for_body_i``,
+    ``for_body_i3``) give each its own machine loop's cycles (64·2 + 8·10, not the average over 72)."""
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def kern(a: T.Buffer((64,), "float32"), b: T.Buffer((8,), "float32")):
+        for i in range(64):
+            a[i] = T.float32(0)
+        for i in range(8):
+            b[i] = T.float32(1)
+
+    mod = tvm.IRModule({"kern": kern})
+    found = [loops.MachineLoop("kern", ["for_body_i"], []), loops.MachineLoop("kern", ["for_body_i3"], []),
+             loops.MachineLoop("kern", ["for_body_i3.1"], [])]  # an LLVM copy of the second loop's body
+    record = loops.kernel_cycles(mod, found, [2.0, 12.0, 8.0])["kern"]
+    assert record["cycles"] == 64 * 2.0 + 8 * 10.0
+    assert [(l["trips"], l["cycles_per_iteration"]) for l in record["loops"]] == [(64, 2.0), (8, 10.0)]
+    # a loop of that name LLVM removed: no one-to-one order, the loops share the average (as before)
+    record = loops.kernel_cycles(mod, found[:1], [2.0])["kern"]
+    assert record["cycles"] == 72 * 2.0
+
+
 def test_mca_cycles_of_a_popcount_loop():
     inner = loops.machine_loops(AARCH64_ASM)[1]
     fast, slow = (loops.mca_cycles([inner], core, "aarch64-linux-gnu", _tmp()) for core in ("neoverse-n1", "cortex-a55"))

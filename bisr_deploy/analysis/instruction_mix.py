@@ -115,35 +115,42 @@ def _children(node):
 
 def tir_popcounts(func) -> Counter:
     """Dynamic popcounts of a lowered PrimFunc: {dtype of the popcount (``"uint32x4"``: 4 lanes of 32 bits):
-    how many times it runs}. Raises ``BisrError`` if a popcount sits under a conditional or a loop whose
-    extent is not a constant (its count would not be exact)."""
+    how many times it runs}. A popcount repeated in one store's value (the epilogue uses its sum in several
+    places) counts once, as LLVM computes a repeated pure expression once. Raises ``BisrError`` if a popcount
+    sits under a conditional or a loop whose extent is not a constant (its count would not be exact)."""
     from tvm import tirx
     from tvm.ir.expr import Call
+    from tvm_ffi import structural_equal
 
     counts = Counter()
 
-    def visit(node, trips: int, exact: bool):
+    def visit(node, trips: int, exact: bool, seen: list):
+        if isinstance(node, tirx.BufferStore):
+            seen = []  # the popcounts of this store's value counted so far
         if isinstance(node, tirx.For):
             constant = isinstance(node.extent, tirx.IntImm)  # min and extent hold no popcount
-            visit(node.body, trips * int(node.extent) if constant else trips, exact and constant)
+            visit(node.body, trips * int(node.extent) if constant else trips, exact and constant, seen)
             return
         op = getattr(node.op, "name", None) if isinstance(node, Call) else None
         if isinstance(node, (tirx.IfThenElse, tirx.While)) or op == "prim.if_then_else":
             for child in _children(node):
-                visit(child, trips, False)
+                visit(child, trips, False, seen)
             return
         if isinstance(node, tirx.Select):  # both arms are evaluated
             for child in _children(node):
-                visit(child, trips, exact)
+                visit(child, trips, exact, seen)
             return
         if op == "tirx.popcount":
             if not exact:
                 raise BisrError("a popcount under a branch or a loop of unknown extent: its count is not exact")
+            if any(structural_equal(node, other) for other in seen):
+                return
+            seen.append(node)
             counts[str(node.ty.dtype)] += trips
         for child in _children(node):
-            visit(child, trips, exact)
+            visit(child, trips, exact, seen)
 
-    visit(func.body, 1, True)
+    visit(func.body, 1, True, [])
     return counts
 
 

@@ -280,6 +280,15 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
             return layers[0][name][index]
         return tirx.Select(l == 0, layers[0][name][index], layers[1][name][index])
 
+    def popcount_sum(diffs):
+        """Σ popcount over the window's words as one expression (no reduction stage: the sum stays in registers
+        of the epilogue that inlines it, and the weights stay loop-invariant)."""
+        total = None
+        for diff in diffs:
+            term = tirx.popcount(diff).astype("int32")
+            total = term if total is None else total + term
+        return total
+
     def pack(n, q, y, xx):
         l, p = (0, q) if n_layers == 1 else (q // words, q % words)
         word = None
@@ -320,22 +329,18 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
             return word
 
         windows = te.compute((n_, n_layers, spec.group, spec.tap_words, h, w), gather, name=f"{prefix}gather")
-        t_ax = te.reduce_axis((0, spec.tap_words), name="t")
 
         def conv(n, l, o, y, xx):
-            diff = windows[n, l, o // cg, t_ax, y, xx] ^ param("wwords", l, o, t_ax)
-            return te.sum(tirx.popcount(diff).astype("int32"), axis=[t_ax])
+            return popcount_sum(windows[n, l, o // cg, t, y, xx] ^ param("wwords", l, o, t)
+                                for t in range(spec.tap_words))
     else:
-        j = te.reduce_axis((0, nwg), name="j")
-        ru = te.reduce_axis((0, kh), name="ru")
-        rv = te.reduce_axis((0, kw), name="rv")
-
         def conv(n, l, o, y, xx):
-            plane = l * words + tirx.min(spec.base_word(o) + j, words - 1)
-            diff = source[n, plane, y + ru, xx + rv] ^ param("wwords", l, o, j, ru, rv)
-            if spec.group > 1:
-                diff = diff & param("wmask", l, o, j)
-            return te.sum(tirx.popcount(diff).astype("int32"), axis=[j, ru, rv])
+            def word(j, ru, rv):
+                plane = l * words + tirx.min(spec.base_word(o) + j, words - 1)
+                diff = source[n, plane, y + ru, xx + rv] ^ param("wwords", l, o, j, ru, rv)
+                return diff & param("wmask", l, o, j) if spec.group > 1 else diff
+
+            return popcount_sum(word(j, ru, rv) for j in range(nwg) for ru in range(kh) for rv in range(kw))
 
     mismatches = te.compute((n_, n_layers, c, h, w), conv, name=f"{prefix}conv")
 
@@ -376,9 +381,11 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
 
 
 def layer_norm_stages(x, gamma, beta, epsilon: float, prefix: str = ""):
-    """LayerNorm of x [N, C, H, W] over C as TE stages ``x_sum``, ``x_mean``, ``x_var_sum``, ``norm`` (each name
-    after ``prefix``): the expressions of TVM's legalisation of ``relax.nn.layer_norm(axes=[1])`` (topi), so
-    that a kernel computing it gives the bits of the standalone LayerNorm."""
+    """LayerNorm of x [N, C, H, W] over C as TE stages ``x_sum``, ``x_mean``, ``x_var_sum``, ``x_rstd``,
+    ``norm`` (each name after ``prefix``): the expressions of TVM's legalisation of ``relax.nn.layer_norm(axes=[1])`` (topi), so that a
+    kernel computing it gives the bits of the standalone LayerNorm (the mean and the reciprocal standard
+    deviation are stages of their own, computed once per pixel rather than once per channel and pixel: the
+    same float32 values)."""
     from tvm import te, tirx
 
     n_, c, h, w = (int(d) for d in x.shape)
@@ -390,8 +397,9 @@ def layer_norm_stages(x, gamma, beta, epsilon: float, prefix: str = ""):
     x_var_sum = te.compute((n_, h, w), lambda n, y, xx: te.sum(
         (x[n, kv, y, xx] - x_mean[n, y, xx]) * (x[n, kv, y, xx] - x_mean[n, y, xx]), axis=kv), name=f"{prefix}x_var_sum")
     eps = tirx.const(epsilon, "float32")
+    x_rstd = te.compute((n_, h, w), lambda n, y, xx: tirx.rsqrt(x_var_sum[n, y, xx] / count + eps), name=f"{prefix}x_rstd")
     return te.compute((n_, c, h, w), lambda n, ch, y, xx: (x[n, ch, y, xx] - x_mean[n, y, xx])
-                      * tirx.rsqrt(x_var_sum[n, y, xx] / count + eps) * gamma[ch] + beta[ch], name=f"{prefix}norm")
+                      * x_rstd[n, y, xx] * gamma[ch] + beta[ch], name=f"{prefix}norm")
 
 
 def _vectorize_row(sch, pack, lanes: int) -> None:
@@ -411,12 +419,11 @@ def loops_below(sch, block, loop) -> list:
 def _layer_norm_at(sch, rows, lanes: int, prefix: str = "") -> None:
     """``layer_norm_stages`` computed row by row at ``rows`` (one row of C channels, in L1), before the pack and
     epilogue that read it: the statistics' channel sums outside, the row's x in vectors of ``lanes``."""
-    sch.compute_inline(sch.get_sblock(f"{prefix}x_mean"))
-    norm = sch.get_sblock(f"{prefix}norm")
-    for block in (norm, sch.get_sblock(f"{prefix}x_var_sum"), sch.get_sblock(f"{prefix}x_sum")):  # consumers first
-        sch.compute_at(block, rows)
-    *_, xx = sch.get_loops(norm)
-    sch.vectorize(sch.split(xx, [None, lanes])[1])
+    for name in ("norm", "x_rstd", "x_var_sum", "x_mean", "x_sum"):  # consumers first
+        sch.compute_at(sch.get_sblock(prefix + name), rows)
+    for name in ("norm", "x_rstd", "x_mean"):
+        *_, xx = sch.get_loops(sch.get_sblock(prefix + name))
+        sch.vectorize(sch.split(xx, [None, lanes])[1])
     for name in ("x_var_sum", "x_sum"):
         block = sch.get_sblock(prefix + name)
         *_, xx, k = sch.get_loops(block)
@@ -428,10 +435,12 @@ def _layer_norm_at(sch, rows, lanes: int, prefix: str = "") -> None:
 
 
 def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix: str = "", band=None,
-                    row_band: int = Schedule.row_band) -> None:
-    """Schedule the blocks of one ``bisrconv_compute(spec, fusion, prefix=prefix)``: per output row, channel and
-    vector of ``lanes`` pixels the reduction in a register accumulator, taps unrolled; a ``mean`` pair keeps
-    both layers' accumulators; a 1x1 packs (and normalises) each row right before its convolution.
+                    row_band: int = Schedule.row_band, pixel_block: int = Schedule.pixel_block) -> None:
+    """Schedule the blocks of one ``bisrconv_compute(spec, fusion, prefix=prefix)``: vectorised along W with
+    ``lanes`` uint32 lanes, the popcount sums inlined into the epilogue (in registers, taps unrolled; a
+    ``mean`` pair has both layers'), one iteration of the innermost loop computing ``pixel_block`` vectors of
+    pixels (register blocking; lowered to the largest divisor of the row's vectors not above it); a 1x1 packs
+    (and normalises) each row right before its convolution.
 
     ``band`` None: the kernel alone — rows in parallel; a KxK runs in parallel bands of ``row_band`` rows, each
     packing and padding its rows plus the window's neighbours. ``band``: a loop the epilogue is already
@@ -439,27 +448,22 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
     under it, and a KxK packs and pads the band's rows there."""
     lanes = vector_lanes(spec.width, lanes)
     block = lambda name: sch.get_sblock(prefix + name)  # noqa: E731
-    epi, conv = block("epilogue"), block("conv")
+    pack, epi, conv = block("pack"), block("epilogue"), block("conv")
+    xb = max(d for d in range(1, pixel_block + 1) if spec.width % (d * lanes) == 0)
     loops = sch.get_loops(epi) if band is None else loops_below(sch, epi, band)
     if len(loops) == 4:  # (n, o, y, x)
         n, o, y, xx = loops
-        xo, xi = sch.split(xx, [None, lanes])
-        sch.reorder(n, y, o, xo, xi)
+        xo, xm, xi = sch.split(xx, [None, xb, lanes])
+        sch.reorder(n, y, o, xo, xm, xi)
         rows = sch.fuse(n, y)
     else:  # (o, y, x): the batch is the band's
         o, rows, xx = loops
-        xo, xi = sch.split(xx, [None, lanes])
-        sch.reorder(rows, o, xo, xi)
+        xo, xm, xi = sch.split(xx, [None, xb, lanes])
+        sch.reorder(rows, o, xo, xm, xi)
     sch.vectorize(xi)
-    sch.set_scope(conv, 0, "local")
-    sch.compute_at(conv, xo, preserve_unit_loops=True)
-    _, layer, _, _, cx, *reduction = loops_below(sch, conv, xo)  # (n, l, o, y, x, reduction): all, even unit
-    if reduction:
-        sch.reorder(*reduction, cx)
-    sch.unroll(layer)
-    sch.vectorize(cx)
-    for loop in reduction:
-        sch.unroll(loop)
+    if xb > 1:
+        sch.unroll(xm)
+    sch.compute_inline(conv)
     if band is not None:
         outer = band
     elif spec.padded:  # KxK: bands of row_band output rows; each packs and pads its rows (+ the window's
@@ -473,7 +477,6 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
         sch.compute_at(gather, rows)
         *_, xx = sch.get_loops(gather)
         sch.vectorize(sch.split(xx, [None, lanes])[1])
-    pack = block("pack")
     if spec.padded:
         for name in ("pad", "pack"):
             stage = block(name)
@@ -490,17 +493,15 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
         _vectorize_row(sch, pack, lanes)
     if band is None:
         sch.parallel(outer)
-    if fusion.norm:
+    if fusion.norm:  # 1x1 only
         _layer_norm_at(sch, rows, lanes, prefix)
-    init = sch.decompose_reduction(conv, reduction[0] if reduction else cx)
-    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
-                      row_band: int = Schedule.row_band):
+                      row_band: int = Schedule.row_band, pixel_block: int = Schedule.pixel_block):
     """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
-    vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel, the
-    reduction in registers, the taps unrolled (``schedule_stages``)."""
+    vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel
+    (``schedule_stages``)."""
     from tvm import s_tir, te
 
     if fusion.norm and spec.padded:
@@ -508,5 +509,5 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
     inputs, output = bisrconv_compute(spec, fusion)
     func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "bisrconv")
     sch = s_tir.Schedule(func)
-    schedule_stages(sch, spec, fusion, lanes, row_band=row_band)
+    schedule_stages(sch, spec, fusion, lanes, row_band=row_band, pixel_block=pixel_block)
     return sch.mod["main"]

@@ -97,10 +97,11 @@ def feedforward_compute(spec: FeedForwardSpec):
     return inputs, y
 
 
-def feedforward_primfunc(spec: FeedForwardSpec, lanes: int, band: int):
+def feedforward_primfunc(spec: FeedForwardSpec, lanes: int, band: int, pixel_block: int = Schedule.pixel_block):
     """The scheduled ``PrimFunc`` (params: ``feedforward_compute``'s inputs, then Y): bands of ``band`` output
     rows (of every image of the batch) in parallel; per band, stage 4 down to 1 computed just before the
-    stage that reads them (``compute_at``: consumers first), each with its own schedule."""
+    stage that reads them (``compute_at``: consumers first), each with its own schedule (``lanes``,
+    ``pixel_block``: ``bitserial.schedule_stages``)."""
     from tvm import s_tir, te
 
     inputs, output = feedforward_compute(spec)
@@ -111,12 +112,12 @@ def feedforward_primfunc(spec: FeedForwardSpec, lanes: int, band: int):
     y_band, y_row = sch.split(y, [None, band])
     sch.reorder(n, y_band, o, y_row, xx)
     bands = sch.fuse(n, y_band)
-    sch.parallel(bands)  # before the stages' reductions are decomposed (the check needs whole reductions)
+    sch.parallel(bands)  # before the LayerNorm's reductions are decomposed (the check needs whole reductions)
     for k in range(len(stages), 0, -1):
         prefix = f"s{k}_"
         if k < len(stages):
             sch.compute_at(sch.get_sblock(prefix + "epilogue"), bands, preserve_unit_loops=True)
-        schedule_stages(sch, *stages[k - 1], lanes, prefix, band=bands)
+        schedule_stages(sch, *stages[k - 1], lanes, prefix, band=bands, pixel_block=pixel_block)
     # The rows before the 3x3 are clamped at the image border, a region TVM's buffer compaction cannot shrink:
     # a band touches at most band + 2 consecutive rows of them, so row y is stored at y mod (band + 2).
     halo = min(band + 2, spec.height)

@@ -59,7 +59,8 @@ def fusion_class():
             name = f"bisrconv_{dims}{fusion.suffix}"
             schedule = self.state.schedule
             gv = self._kernel(("bisrconv", spec, fusion),
-                              lambda: bisrconv_primfunc(spec, schedule.lanes, fusion, schedule.row_band), name)
+                              lambda: bisrconv_primfunc(spec, schedule.lanes, fusion, schedule.row_band,
+                                                        schedule.pixel_block), name)
             self.state.bisr_kernels[name] = (spec, fusion)
             self._record(LayerInfo(name, "bisrconv_fused", spec, name, self._members(args), fusion))
             out = [spec.batch, fusion.output_channels(spec), spec.height, spec.width]
@@ -167,9 +168,10 @@ def fusion_class():
                                  first_fusion.norm_epsilon)
             if not first_fusion.norm or [(s, f) for s, f, _, _ in chain] != list(ff.stages) or not x.same_as(args[-1]):
                 return None
-            band = band_rows(ff, self.state.schedule)
-            lanes = self.state.schedule.lanes
-            gv = self._kernel(("feedforward", ff, band), lambda: feedforward_primfunc(ff, lanes, band), ff.name)
+            schedule = self.state.schedule
+            band = band_rows(ff, schedule)
+            gv = self._kernel(("feedforward", ff, band),
+                              lambda: feedforward_primfunc(ff, schedule.lanes, band, schedule.pixel_block), ff.name)
             call_args = [x, *(a for _, _, params, extras in chain for a in (*params, *extras))]
             self._record(LayerInfo(ff.name, "bisrconv_feedforward", ff, ff.name, self._members(call_args),
                                    band_rows=band))

@@ -11,13 +11,16 @@ class Schedule:
     kernel; ``row_band``: output rows per parallel task of a KxK bitserial kernel (its packed input rows stay
     in cache; 25 % of the rows are packed twice at 8) and of the float convolution (its padded input rows);
     ``conv_tile``: the float convolution's register tile of accumulators, (output channels, vectors along the
-    row) at most (``floatconv.tile_for``); ``l1d_bytes``, ``l2_bytes``: the data caches of one core, which
-    size the bands of the FeedForward kernel (``feedforward.band_rows``). The defaults are a generic core's
-    (32 KiB, 1 MiB); a target sets its own (``targets.py``)."""
+    row) at most (``floatconv.tile_for``); ``pixel_block``: vectors of pixels one iteration of a bitserial
+    kernel's convolution + epilogue computes (register blocking: the per-channel weights and parameters and
+    the border compares serve the whole block); ``l1d_bytes``, ``l2_bytes``: the data caches of one core,
+    which size the bands of the FeedForward kernel (``feedforward.band_rows``). The defaults are a generic
+    core's (32 KiB, 1 MiB); a target sets its own (``targets.py``)."""
 
     lanes: int
     row_band: int = 8
     conv_tile: tuple[int, int] = (4, 2)
+    pixel_block: int = 1
     l1d_bytes: int = 32 * 1024
     l2_bytes: int = 1024 * 1024
 
@@ -25,9 +28,11 @@ class Schedule:
 def schedule_for(features) -> Schedule:
     """The ``Schedule`` of code that may use the CPU ``features`` (flags as Linux spells them): NEON (``asimd``),
     AVX-512 (``avx512f``) or AVX2. ``conv_tile``: the fastest tile per vector instruction set, measured on
-    AVX-512 and estimated (llvm-mca, Cortex-A76) on NEON (docs/compiler.md, "The float convolutions")."""
+    AVX-512 and estimated (llvm-mca, Cortex-A76) on NEON (docs/compiler.md, "The float convolutions").
+    ``pixel_block``: 4 vectors on NEON, the block that `bisr-deploy estimate --core cortex-a76` found fastest
+    (docs/arm.md); x86 keeps one vector (as its kernels were measured)."""
     if "asimd" in features:
-        return Schedule(lanes=4, conv_tile=(4, 4))
+        return Schedule(lanes=4, conv_tile=(4, 4), pixel_block=4)
     if "avx512f" in features:
         return Schedule(lanes=16, conv_tile=(7, 2))
     return Schedule(lanes=8, conv_tile=(4, 2))

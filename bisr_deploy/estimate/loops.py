@@ -13,7 +13,8 @@ Three steps, each exact about what it knows:
 3. ``mca_cycles``: ``llvm-mca`` (LLVM 19's scheduling model of the chosen core) simulates each machine
    loop's own instructions (those not in a nested loop) for 100 iterations: cycles per iteration, divided
    by the loop's ``unroll_factor`` (LLVM's own unrolling), times the TIR trip count of the loop it runs
-   (``tir_loop_of``); copies of one TIR loop (unswitched, or inside an unrolled outer loop) are averaged.
+   (``tir_loop_of``); copies of one TIR loop (unswitched, or inside an unrolled outer loop) are averaged;
+   TIR loops that share a name (a pack loop and a gather loop) are told apart by ``loop_instance``.
 
 Limits, stated in docs/estimate.md: every instruction of a loop body is counted on every iteration (both
 arms of a branch), loads hit L1 (memory traffic is a separate bound, ``network.dram_traffic``), loops that
@@ -270,6 +271,20 @@ def tir_loop_of(loop: MachineLoop, loops: dict[str, TirLoop]) -> str | None:
     return max(around, key=lambda v: loops[v].trips) if around else None
 
 
+def loop_instance(loop: MachineLoop, var: str) -> int | None:
+    """Which of the TIR loops named ``var`` ``loop`` runs: TVM's code generator names the blocks of the TIR
+    loops in program order, and LLVM numbers a repeated name (``for_body_ax2_0``, ``for_body_ax2_013``,
+    ``for_body_ax2_018``: -1, 13, 18). None: no ``for_body`` block of ``var`` (a loop mapped through its
+    peeled or nested blocks)."""
+    for block in loop.blocks:
+        m = _LOOP_BLOCK.match(block)
+        if m and m.group(1) == "body" and m.group(2).startswith(var):
+            digits = m.group(2)[len(var):].split(".")[0]
+            if digits == "" or digits.isdigit():
+                return int(digits) if digits else -1
+    return None
+
+
 def kernel_cycles(lowered_mod, asm_loops: list[MachineLoop], cycles: list[float]) -> dict[str, dict]:
     """Per kernel (TIR function name): ``{"cycles": serial cycles, "parallel_cycles": cycles inside parallel
     loops, "loops": [{"loop", "trips", "cycles_per_iteration"}]}`` for one call (cycles per iteration of the
@@ -285,21 +300,29 @@ def kernel_cycles(lowered_mod, asm_loops: list[MachineLoop], cycles: list[float]
         for loop in loops:
             by_name.setdefault(loop.name, []).append(loop)
         first = {var: same[0] for var, same in by_name.items()}
-        groups: dict[str, list[float]] = {}
+        groups: dict[str, list[tuple[int | None, float]]] = {}
         for asm_name in (f"__tvm_ffi_{name}", name, f"{name}_compute_"):
             for loop, c in by_function.get(asm_name, []):
                 var = tir_loop_of(loop, first)
                 if var is not None:
-                    groups.setdefault(var, []).append(c / unroll_factor(loop))
+                    groups.setdefault(var, []).append((loop_instance(loop, var), c / unroll_factor(loop)))
         record = {"cycles": 0.0, "parallel_cycles": 0.0, "loops": []}
-        for var, per_iteration in groups.items():
-            trips = sum(loop.trips for loop in by_name[var]) / len(by_name[var])
-            # every copy of the machine loop runs once per TIR iteration of its loop, split among the copies
-            c = sum(per_iteration) / len(per_iteration) * trips * len(by_name[var])
-            parallel = by_name[var][0].parallel
-            record["parallel_cycles" if parallel else "cycles"] += c
-            record["loops"].append({"loop": var, "trips": trips * len(by_name[var]),
-                                    "cycles_per_iteration": sum(per_iteration) / len(per_iteration)})
+        for var, found in groups.items():
+            tir = by_name[var]
+            instances = sorted({instance for instance, _ in found}, key=lambda i: -1 if i is None else i)
+            if len(tir) > 1 and None not in instances and len(instances) == len(tir):
+                # several TIR loops of one name (a pack loop and a gather loop, the copies of an unrolled
+                # loop): the k-th numbered block name is the k-th loop in program order
+                parts = [([c for i, c in found if i == instance], [loop]) for instance, loop in zip(instances, tir)]
+            else:
+                parts = [([c for _, c in found], tir)]
+            for per_iteration, same in parts:
+                # every copy of the machine loop runs once per TIR iteration of its loop, split among the copies
+                trips = sum(loop.trips for loop in same)
+                c = sum(per_iteration) / len(per_iteration) * trips
+                record["parallel_cycles" if same[0].parallel else "cycles"] += c
+                record["loops"].append({"loop": var, "trips": trips,
+                                        "cycles_per_iteration": sum(per_iteration) / len(per_iteration)})
         out[name] = record
     return out
 
