@@ -47,19 +47,19 @@ def _run(func, name: str, args, out_shape) -> np.ndarray:
     return out.numpy()
 
 
-@pytest.mark.parametrize("dim,h,w,band", [
-    (28, 13, 11, 4),  # BiSRNet's first level at an odd size: 1-lane vectors, 4 does not divide 13
-    (8, 6, 16, 8),    # one band taller than the image; 8 ch -> 16 -> 32 (one word each)
-    (12, 7, 8, 2),    # 12 -> 24 -> 48 channels: the 3x3's 12 groups of 4 straddle no word, 48 spans two
+@pytest.mark.parametrize("dim,h,w,band,lanes,pixel_block", [
+    (28, 13, 11, 4, TARGET.lanes, 1),  # BiSRNet's first level at an odd size: 1-lane vectors, 4 does not divide 13
+    (8, 6, 16, 8, 4, 4),  # one band taller than the image; 8 ch -> 16 -> 32; NEON's 4 lanes x 4-vector blocks
+    (12, 7, 8, 2, TARGET.lanes, 1),  # 12 -> 24 -> 48 channels: the 3x3's 12 groups of 4 in one word, 48 span two
 ])
-def test_feedforward_kernel_bit_identical_to_per_layer_kernels(dim, h, w, band):
+def test_feedforward_kernel_bit_identical_to_per_layer_kernels(dim, h, w, band, lanes, pixel_block):
     """The fused kernel gives exactly the bits of the five per-layer kernels run one after the other
     (LayerNorm + FusionUp, FusionUp + RPReLU, grouped 3x3 + RPReLU, FusionDown, FusionDown + residual)."""
     rng = np.random.default_rng(dim * h + w)
     spec = FeedForwardSpec(1, dim, h, w)
     x = (3 * rng.standard_normal((1, dim, h, w)) + rng.standard_normal((1, 1, h, w))).astype(np.float32)
     params = _stage_params(rng, spec)
-    fused = _run(feedforward_primfunc(spec, TARGET.lanes, band), "feedforward",
+    fused = _run(feedforward_primfunc(spec, lanes, band, pixel_block), "feedforward",
                  [x, *(p for stage in params for p in stage)], x.shape)
     y = x
     for (stage, fusion), stage_params in zip(spec.stages, params):
