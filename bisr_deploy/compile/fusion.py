@@ -152,7 +152,10 @@ def fusion_class():
         def _fuse_feedforward(self, spec, fusion, args):
             """The kernel call ``mean(X4) + R`` (``args``) closes a ConvBlock FeedForward if X4 comes from a
             ``mean`` kernel of the grouped 3x3 + RPReLU of FusionUp + RPReLU of LayerNorm + FusionUp of R,
-            with exactly the stages of ``FeedForwardSpec`` -> the one band-fused kernel call; else None."""
+            with exactly the stages of ``FeedForwardSpec``, and the target's schedule fuses FeedForwards -> the
+            one band-fused kernel call; else None."""
+            if not self.state.schedule.feedforward:
+                return None
             chain = [(spec, fusion, args[1:-1], [])]  # the last stage, without X and R (R is the block input)
             x = args[0]
             for _ in range(4):  # the four stages before it, last first

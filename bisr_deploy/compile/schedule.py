@@ -15,7 +15,8 @@ class Schedule:
     kernel's convolution + epilogue computes (register blocking: the per-channel weights and parameters and
     the border compares serve the whole block); ``l1d_bytes``, ``l2_bytes``: the data caches of one core,
     which size the bands of the FeedForward kernel (``feedforward.band_rows``). The defaults are a generic
-    core's (32 KiB, 1 MiB); a target sets its own (``targets.py``)."""
+    core's (32 KiB, 1 MiB); a target sets its own (``targets.py``). ``feedforward``: run each ConvBlock
+    FeedForward as one band-fused kernel (``feedforward.py``) rather than its five kernels."""
 
     lanes: int
     row_band: int = 8
@@ -23,6 +24,7 @@ class Schedule:
     pixel_block: int = 1
     l1d_bytes: int = 32 * 1024
     l2_bytes: int = 1024 * 1024
+    feedforward: bool = True
 
 
 def schedule_for(features) -> Schedule:
@@ -30,9 +32,13 @@ def schedule_for(features) -> Schedule:
     AVX-512 (``avx512f``) or AVX2. ``conv_tile``: the fastest tile per vector instruction set, measured on
     AVX-512 and estimated (llvm-mca, Cortex-A76) on NEON (docs/compiler.md, "The float convolutions").
     ``pixel_block``: 4 vectors on NEON, the block that `bisr-deploy estimate --core cortex-a76` found fastest
-    (docs/arm.md); x86 keeps one vector (as its kernels were measured)."""
+    (docs/arm.md); x86 keeps one vector (as its kernels were measured). ``feedforward``: off on NEON, where the
+    Cortex-A76 estimate puts the 28 x 256 x 256 FeedForward kernel at 95 ms (8-row bands) to 187 ms (1-row
+    bands, what a 512 KiB L2 allows) against 55 ms for its five kernels: the compute-bound NEON kernels pay
+    for the FusionUp rows each band recomputes more than they save in memory traffic (docs/compiler.md); on
+    x86 the fused kernel measured 2.2x faster than the five."""
     if "asimd" in features:
-        return Schedule(lanes=4, conv_tile=(4, 4), pixel_block=4)
+        return Schedule(lanes=4, conv_tile=(4, 4), pixel_block=4, feedforward=False)
     if "avx512f" in features:
         return Schedule(lanes=16, conv_tile=(7, 2))
     return Schedule(lanes=8, conv_tile=(4, 2))
