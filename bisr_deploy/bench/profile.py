@@ -131,7 +131,7 @@ def network_calls(model, measurement: np.ndarray, mask: np.ndarray | None = None
     """Every kernel call of a loaded artifact (``runtime.CompiledModel``) timed **inside** the network run on
     (measurement, mask), through the Relax VM's instrument hook (``model.set_instrument``), and the time
     outside the kernels, from the same run. Inputs and outputs are where the network leaves them (mostly not
-    in cache), unlike ``profile_calls``.
+    in cache), unlike ``isolated_calls``.
 
     Runs at 1 thread (else ``BisrError``), where every kernel runs on the calling thread, and reads that
     thread's CPU clock, so that other processes on a loaded machine count only through the caches. Every span
