@@ -115,11 +115,6 @@ def float_convs(checkpoint: str, height: int, width: int):
     return convs
 
 
-def spec_macs(spec) -> int:
-    return (spec.out_channels * spec.in_channels // spec.groups * spec.kernel[0] * spec.kernel[1]
-            * spec.out_height * spec.out_width * spec.batch)
-
-
 def kernel_ms(spec, target, schedule, rounds: int, rng) -> float:
     import tvm
 
@@ -187,7 +182,7 @@ def estimate_report(convs, target, schedule, core) -> dict:
     rows = []
     for name, spec in convs:
         ms = estimated_ms(spec, target, schedule, core)
-        rows.append({"layer": name, "est_ms": ms, "macs_per_cycle": spec_macs(spec) / (ms * core.clock_ghz * 1e6)})
+        rows.append({"layer": name, "est_ms": ms, "macs_per_cycle": spec.macs / (ms * core.clock_ghz * 1e6)})
         print(f"{name:<10}{ms:>8.2f} ms{rows[-1]['macs_per_cycle']:>8.2f} MACs/cycle")
     return {"core": core.name, "target": target.tvm_target, "conv_tile": schedule.conv_tile, "rows": rows}
 
@@ -206,7 +201,7 @@ def measure_report(convs, target, schedule, rounds: int) -> dict:
     print(f"{'layer':<10}{'shape':<28}{'ms':>8}{'G MACs':>8}{'G MACs/s':>10}{'of peak':>9}")
     for name, spec in convs:
         ms = kernel_ms(spec, target, schedule, rounds, rng)
-        macs = spec_macs(spec)
+        macs = spec.macs
         rate = macs / ms / 1e6
         shape = f"{spec.kernel[0]}x{spec.kernel[1]} {spec.in_channels}->{spec.out_channels} @{spec.height}x{spec.width}"
         rows.append({"layer": name, "shape": shape, "ms": ms, "macs": macs, "gmacs_per_s": rate,

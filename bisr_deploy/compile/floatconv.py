@@ -42,6 +42,13 @@ class Conv2dSpec:
     def out_width(self) -> int:
         return self.width + self.pads[1] + self.pads[3] - self.kernel[1] + 1
 
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one call: every output times its group's input channels and taps."""
+        kh, kw = self.kernel
+        outputs = self.batch * self.out_channels * self.out_height * self.out_width
+        return outputs * self.in_channels // self.groups * kh * kw
+
 
 
 def conv2d_compute(spec: Conv2dSpec):

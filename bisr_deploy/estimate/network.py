@@ -58,9 +58,7 @@ def layer_macs(imported) -> dict[str, tuple[int, int]]:
         elif layer.kind == "bisrconv_feedforward":
             macs[layer.func_name] = (spec.binary_macs, 0)
         elif layer.kind == "conv2d":
-            kh, kw = spec.kernel
-            outputs = spec.batch * spec.out_channels * spec.out_height * spec.out_width
-            macs[layer.func_name] = (0, outputs * spec.in_channels // spec.groups * kh * kw)
+            macs[layer.func_name] = (0, spec.macs)
     return macs
 
 
