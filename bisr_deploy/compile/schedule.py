@@ -35,7 +35,8 @@ def schedule_for(features) -> Schedule:
     (docs/arm.md); x86 keeps one vector (as its kernels were measured). ``feedforward``: off on NEON, where the
     Cortex-A76 estimate puts the 28 x 256 x 256 FeedForward kernel at 95 ms (8-row bands) to 187 ms (1-row
     bands, what a 512 KiB L2 allows) against 55 ms for its five kernels: the compute-bound NEON kernels pay
-    for the FusionUp rows each band recomputes more than they save in memory traffic (docs/compiler.md); on
+    for the FusionUp rows each band recomputes more than they save in memory traffic (docs/compiler.md,
+    ``tools/bench_feedforward.py --core cortex-a76``); on
     x86 the fused kernel measured 2.2x faster than the five."""
     if "asimd" in features:
         return Schedule(lanes=4, conv_tile=(4, 4), pixel_block=4, feedforward=False)
