@@ -110,6 +110,35 @@ def test_tir_loops_of_one_name_are_priced_apart():
     assert record["cycles"] == 72 * 2.0
 
 
+@pytest.mark.needs_tvm
+def test_loops_that_share_a_name_are_renamed_apart():
+    """``compute_at`` names every stage's loops ``ax0``, ``ax1``, ...: ``with_unique_loop_names`` gives each
+    ``for`` its own name in its whole body (nested loops and shadowing included) and keeps the program, so
+    the code generator's blocks name one TIR loop each, even where LLVM later removes a loop of the name."""
+    import re
+
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def kern(a: T.Buffer((64, 4), "float32"), b: T.Buffer((8,), "float32")):
+        T.func_attr({"global_symbol": "kern", "tir.noalias": True})
+        for i in range(64):
+            for j in range(4):
+                a[i, j] = T.Cast("float32", i * 4 + j)
+        for i in range(8):
+            b[i] = T.Cast("float32", i)
+
+    renamed = loops.with_unique_loop_names(tvm.IRModule({"kern": kern}))["kern"]
+    tvm.ir.assert_structural_equal(renamed, kern, map_free_vars=True)
+    script = renamed.script()
+    assert re.findall(r"for ([\w, ]+) in", script) == ["i_L1x, j_L2x", "i_L3x"]
+    assert "a[i_L1x, j_L2x] = T.Cast(\"float32\", i_L1x * 4 + j_L2x)" in script
+    assert "b[i_L3x] = T.Cast(\"float32\", i_L3x)" in script
+    lowered = loops.lower_module(tvm.IRModule({"kern": renamed}), {"kind": "llvm", "mtriple": "x86_64-linux-gnu"})
+    assert [(l.name, l.trips) for l in loops.tir_loops(lowered["kern"])] == [("i_L1x", 64), ("j_L2x", 256), ("i_L3x", 8)]
+
+
 def test_mca_cycles_of_a_popcount_loop():
     inner = loops.machine_loops(AARCH64_ASM)[1]
     fast, slow = (loops.mca_cycles([inner], core, "aarch64-linux-gnu", _tmp()) for core in ("neoverse-n1", "cortex-a55"))

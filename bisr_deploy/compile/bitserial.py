@@ -206,11 +206,36 @@ class Fusion:
         return 2 * spec.channels if self.combine == "concat" else spec.channels
 
 
-def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, residual=None, prefix: str = ""):
+LUT_LANES = 16  # AVX-512's vpermi2ps: 16 float32 lanes, each picks one of 32 table entries
+
+
+def epilogue_lut_entries(spec: BiSRConvSpec, lanes: int) -> int:
+    """Entries of the kernel's epilogue table (``bisrconv_compute``'s ``lut_entries``): 32 or 64 where the
+    K + 1 values of an output's popcount sum (K = Cg·KH·KW: BiSRNet's 1x1 kernels of 28 and 56 channels
+    and its grouped 3x3 of 4 channels per group) index a table in vector registers with AVX-512's
+    ``vpermi2ps`` (the kernel vectorised in 16 float32 lanes: ``lanes`` 16 and the row a multiple of 16),
+    else 0 (the float path). A padded kernel needs an even Cg: its border pixels' sums then shift the index
+    by whole entries."""
+    taps = spec.group_channels * spec.kernel[0] * spec.kernel[1]
+    if vector_lanes(spec.width, lanes) != LUT_LANES or (spec.padded and spec.group_channels % 2):
+        return 0
+    return next((entries for entries in (32, 64) if taps < entries), 0)
+
+
+def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, residual=None, prefix: str = "",
+                     lut_entries: int = 0):
     """TE tensors of the fused operator: returns (inputs, output Y). ``inputs`` are the placeholders it
     creates, in argument order; ``xs`` (the X tensors) and ``residual`` (R), if given, are existing TE
     tensors of those shapes (another kernel's stages: ``feedforward.py``) and are not among them. ``prefix``
     starts the name of every stage and placeholder (stages of several layers in one function).
+
+    ``lut_entries`` (``epilogue_lut_entries``; AVX-512): steps 4-5 of the contract are a function of ``acc``
+    alone, so a stage ``lut`` [layers, C, lut_entries] computes them once per call with the same float32
+    expression for acc = T_0 − 2i (T_0 = ``table[o, 0, 0]``, the interior's all-valid K; i = 0..K), and the
+    epilogue looks r up in vector registers (``vpermi2ps``, one per 32 entries) at i = S + (T_0 − T)/2 (S
+    itself inside the image) instead of computing it per pixel: the same bits, ~6-9 vector instructions per
+    output fewer. The lookup is written per 16-lane vector (the table's lane ``xx % 16``): the kernel must be
+    vectorised in 16 lanes along W (``schedule_stages`` does).
 
     ``fusion.combine`` fuses BiSRNet's pairs of BiSRConvs (two layers of the same ``spec``, one kernel, the
     pair's packed planes stacked as planes ``l·words + p``):
@@ -311,27 +336,12 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
         source = packed
 
     if spec.tap_words:
-        cg, per_word = spec.group_channels, WORD_BITS // spec.group_channels
-        nibble = tirx.const((1 << cg) - 1, u32)
-
-        def gather(n, l, g, t, y, xx):
-            plane, shift = l * words + g * cg // WORD_BITS, (g * cg % WORD_BITS).astype(u32)
-            word = None
-            for k in range(per_word):
-                tap = tirx.min(t * per_word + k, kh * kw - 1)  # a tap past the window reads a valid address
-                mask = nibble
-                if spec.tap_words * per_word > kh * kw:  # ... and contributes 0 (a mask, not a Select: TVM would
-                    # simplify the address under the Select's condition and lose the clamp, which bounds the
-                    # rows of the padded planes each row's gather reads)
-                    mask = nibble * (t * per_word + k < kh * kw).astype(u32)
-                bits = ((source[n, plane, y + tap // kw, xx + tap % kw] >> shift) & mask) << tirx.const(k * cg, u32)
-                word = bits if word is None else word | bits
-            return word
-
-        windows = te.compute((n_, n_layers, spec.group, spec.tap_words, h, w), gather, name=f"{prefix}gather")
+        windows = transposed_windows(spec, source, n_layers, prefix)
+        per_word = WORD_BITS // spec.group_channels
 
         def conv(n, l, o, y, xx):
-            return popcount_sum(windows[n, l, o // cg, t, y, xx] ^ param("wwords", l, o, t)
+            g = o // spec.group_channels  # group g: slot g % per_word of plane g // per_word
+            return popcount_sum(windows[n, l * words + g // per_word, t, g % per_word, y, xx] ^ param("wwords", l, o, t)
                                 for t in range(spec.tap_words))
     else:
         def conv(n, l, o, y, xx):
@@ -344,19 +354,48 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
 
     mismatches = te.compute((n_, n_layers, c, h, w), conv, name=f"{prefix}conv")
 
-    def layer_output(n, l, o, y, xx):
+    def border_bound(l, o, y, xx):
+        """``T[o, row class, column class]``; a kernel without padding has every tap valid at every pixel, so
+        its table holds one value per channel (no per-pixel selects)."""
+        if not spec.padded:
+            return param("table", l, o, 0, 0)
         row_class = tirx.Select(y == 0, 1, 0) + tirx.Select(y == h - 1, 2, 0)
         first, last = xx == 0, xx == w - 1
-        bound = tirx.Select(first, tirx.Select(last, param("table", l, o, row_class, 3), param("table", l, o, row_class, 1)),
-                            tirx.Select(last, param("table", l, o, row_class, 2), param("table", l, o, row_class, 0)))
-        acc = bound - 2 * mismatches[n, l, o, y, xx]
+        return tirx.Select(first, tirx.Select(last, param("table", l, o, row_class, 3), param("table", l, o, row_class, 1)),
+                           tirx.Select(last, param("table", l, o, row_class, 2), param("table", l, o, row_class, 0)))
+
+    def scaled_rprelu(l, o, acc):
+        """Steps 4-5 of the contract: r of layer l's output channel o for the integer ``acc``."""
         # TVM's LLVM backend contracts a float32 multiply-add into an FMA (one rounding instead of the
         # contract's two); llvm.arithmetic.fence keeps the rounded product weight_scale·float32(acc) (the
         # contract's step 4) apart from the following add.
         s = tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence",
                                        param("weight_scale", l, o) * acc.astype("float32"))
         t = s + param("rprelu_bias_in", l, o)
-        r = tirx.Select(t > zero_f, t, param("rprelu_slope", l, o) * t) + param("rprelu_bias_out", l, o)
+        return tirx.Select(t > zero_f, t, param("rprelu_slope", l, o) * t) + param("rprelu_bias_out", l, o)
+
+    if lut_entries:
+        lut = te.compute((n_layers, c, lut_entries),
+                         lambda l, o, i: scaled_rprelu(l, o, param("table", l, o, 0, 0) - 2 * i), name=f"{prefix}lut")
+
+    def looked_up(l, o, sums, xx):
+        """``lut[l, o, sums]``: lane i of a 16-lane vector takes entry sums[i] of the table's registers."""
+        lane = xx % LUT_LANES
+
+        def permute(base):
+            return tirx.call_llvm_pure_intrin("float32", "llvm.x86.avx512.vpermi2var.ps.512", lut[l, o, base + lane],
+                                              sums, lut[l, o, base + LUT_LANES + lane])
+
+        return permute(0) if lut_entries == 32 else tirx.Select(sums < 32, permute(0), permute(32))
+
+    def layer_output(n, l, o, y, xx):
+        if lut_entries:
+            index = mismatches[n, l, o, y, xx]
+            if spec.padded:  # acc = T − 2S = T_0 − 2(S + (T_0 − T)/2), T_0 − T even (an even Cg)
+                index = index + ((param("table", l, o, 0, 0) - border_bound(l, o, y, xx)) >> 1)
+            r = looked_up(l, o, index, xx)
+        else:
+            r = scaled_rprelu(l, o, border_bound(l, o, y, xx) - 2 * mismatches[n, l, o, y, xx])
         return x_at(n, l, o, y, xx) + r
 
     def epilogue(n, o, y, xx):
@@ -378,6 +417,56 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
     inputs += [norms[name] for name in NORM_NAMES] if fusion.norm else []
     inputs += ([residual] if own_residual else []) + [posts[name] for name in posts]
     return inputs, y_out
+
+
+def _low_halves_mask(bits: int) -> int:
+    """The uint32 whose low ``bits`` of every 2·``bits``-bit block are set (0x0000FFFF for 16, 0x0F0F0F0F for 4)."""
+    return sum(((1 << bits) - 1) << block for block in range(0, WORD_BITS, 2 * bits))
+
+
+def transposed_windows(spec: BiSRConvSpec, source, n_layers: int, prefix: str = ""):
+    """The tap-packed windows of every group as TE stages ``transpose<h>`` (the last one returned): [N, planes,
+    TW, P, H, W] uint32 with P = 32 / Cg, word t of the window of the group in slot j of plane q at
+    [n, q, t, j, y, x] (Cg bits per tap, tap t·P + k at bits k·Cg; taps past the window 0).
+
+    The P words of plane q at the taps t·P .. t·P + P - 1 (``source``, the padded planes, word k at tap k)
+    form a P x P matrix of Cg-bit elements, element j of word k being slot j's bits at tap k; the windows are
+    its transpose, made by log2(P) butterfly stages that swap blocks of h elements (h = P/2, ..., 1) between
+    words k and k XOR h: ~3 operations per word and stage instead of 3 per element (for Cg = 4, 8 x 8 nibbles:
+    3 stages)."""
+    from tvm import te, tirx
+
+    u32 = "uint32"
+    kh, kw = spec.kernel
+    cg, per_word, taps = spec.group_channels, WORD_BITS // spec.group_channels, kh * kw
+    shape = (spec.batch, n_layers * spec.words, spec.tap_words, per_word, spec.height, spec.width)
+
+    def tap_word(n, q, t, k, y, xx):
+        tap = t * per_word + k
+        clamped = tirx.min(tap, taps - 1)  # a tap past the window reads a valid address and contributes 0 (a
+        # mask, not a Select: TVM would simplify the address under the Select's condition and lose the clamp,
+        # which bounds the rows of the padded planes each row's windows read)
+        return source[n, q, y + clamped // kw, xx + clamped % kw] * (tap < taps).astype(u32)
+
+    def butterfly(prev, h: int):
+        shift, low = tirx.const(h * cg, u32), tirx.const(_low_halves_mask(h * cg), u32)
+        high = tirx.const(~_low_halves_mask(h * cg) & 0xFFFFFFFF, u32)
+
+        def swap(n, q, t, k, y, xx):
+            # the partner is word k + h or k - h, clamped into range so that TVM's region analysis sees
+            # every read inside the buffer (k is unrolled: the Select and the clamps fold away)
+            own = prev[n, q, t, k, y, xx]
+            above, below = prev[n, q, t, tirx.min(k + h, per_word - 1), y, xx], prev[n, q, t, tirx.max(k - h, 0), y, xx]
+            return tirx.Select(k & h == 0, (own & low) | ((above & low) << shift),
+                               ((below >> shift) & low) | (own & high))
+
+        return te.compute(shape, swap, name=f"{prefix}transpose{h}")
+
+    words = te.compute(shape, tap_word, name=f"{prefix}taps")
+    h = per_word // 2
+    while h >= 1:
+        words, h = butterfly(words, h), h // 2
+    return words
 
 
 def layer_norm_stages(x, gamma, beta, epsilon: float, prefix: str = ""):
@@ -446,9 +535,13 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
     packing and padding its rows plus the window's neighbours. ``band``: a loop the epilogue is already
     computed at (a band of a larger kernel, ``feedforward.py``; the caller parallelises it): the rows run
     under it, and a KxK packs and pads the band's rows there."""
+    lut_entries = epilogue_lut_entries(spec, lanes)
     lanes = vector_lanes(spec.width, lanes)
     block = lambda name: sch.get_sblock(prefix + name)  # noqa: E731
     pack, epi, conv = block("pack"), block("epilogue"), block("conv")
+    if lut_entries:  # the table: once per call, at the root
+        *_, k = sch.get_loops(block("lut"))
+        sch.vectorize(sch.split(k, [None, LUT_LANES])[1])
     xb = max(d for d in range(1, pixel_block + 1) if spec.width % (d * lanes) == 0)
     loops = sch.get_loops(epi) if band is None else loops_below(sch, epi, band)
     if len(loops) == 4:  # (n, o, y, x)
@@ -472,11 +565,24 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
         outer, rows = sch.split(rows, [None, row_band])
     else:
         outer = rows
-    if spec.tap_words:  # gather each row's windows just before its convolution (they stay in cache)
-        gather = block("gather")
-        sch.compute_at(gather, rows)
-        *_, xx = sch.get_loops(gather)
-        sch.vectorize(sch.split(xx, [None, lanes])[1])
+    if spec.tap_words:  # each row's windows just before its convolution (they stay in cache), every butterfly
+        # stage per vector of 16 pixels under the last one's loop (its P words in registers)
+        per_word = WORD_BITS // spec.group_channels
+        stages = [block(f"transpose{h}") for h in (per_word >> s for s in range(1, per_word.bit_length())) if h]
+        sch.compute_inline(block("taps"))
+        last = stages[-1]
+        sch.compute_at(last, rows, preserve_unit_loops=True)
+        below = loops_below(sch, last, rows)  # (n, plane, t, k, y, x)
+        k, xx = below[-3], below[-1]
+        xo, xi = sch.split(xx, [None, lanes])
+        sch.reorder(xo, k, xi)
+        sch.unroll(k)
+        sch.vectorize(xi)
+        for stage in reversed(stages[:-1]):
+            sch.compute_at(stage, xo, preserve_unit_loops=True)
+            below = loops_below(sch, stage, xo)
+            sch.unroll(below[-3])
+            sch.vectorize(below[-1])
     if spec.padded:
         for name in ("pad", "pack"):
             stage = block(name)
@@ -506,7 +612,7 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
 
     if fusion.norm and spec.padded:
         raise BisrError(f"BiSRConv kernel: a LayerNorm fuses into 1x1 kernels only, not {list(spec.kernel)}")
-    inputs, output = bisrconv_compute(spec, fusion)
+    inputs, output = bisrconv_compute(spec, fusion, lut_entries=epilogue_lut_entries(spec, lanes))
     func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "bisrconv")
     sch = s_tir.Schedule(func)
     schedule_stages(sch, spec, fusion, lanes, row_band=row_band, pixel_block=pixel_block)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .bitserial import DEFAULT_NORM_EPSILON, BiSRConvSpec, Fusion, bisrconv_compute, schedule_stages
+from .bitserial import (DEFAULT_NORM_EPSILON, BiSRConvSpec, Fusion, bisrconv_compute, epilogue_lut_entries,
+                        schedule_stages)
 from .schedule import Schedule
 
 # A band's working set (band_bytes: the busiest stage's input and output rows) may take this fraction of one
@@ -83,16 +84,18 @@ def band_rows(spec: FeedForwardSpec, schedule: Schedule) -> int:
     return rows
 
 
-def feedforward_compute(spec: FeedForwardSpec):
+def feedforward_compute(spec: FeedForwardSpec, lanes: int = 0):
     """TE tensors of the whole FeedForward: (inputs, Y). Inputs: X, then each stage's own inputs in its
     kernel's argument order without X (layer parameters, LayerNorm gamma and beta, RPReLU) and without the
-    last stage's R (it is X)."""
+    last stage's R (it is X). ``lanes``: the vector lanes it is built for (the stages' epilogue tables,
+    ``bitserial.epilogue_lut_entries``; 0: none)."""
     from tvm import te
 
     x = te.placeholder((spec.batch, spec.dim, spec.height, spec.width), "float32", name="X")
     inputs, y = [x], x
     for k, (stage, fusion) in enumerate(spec.stages, 1):
-        own, y = bisrconv_compute(stage, fusion, xs=[y], residual=x if fusion.residual else None, prefix=f"s{k}_")
+        own, y = bisrconv_compute(stage, fusion, xs=[y], residual=x if fusion.residual else None, prefix=f"s{k}_",
+                                  lut_entries=epilogue_lut_entries(stage, lanes))
         inputs += own
     return inputs, y
 
@@ -104,7 +107,7 @@ def feedforward_primfunc(spec: FeedForwardSpec, lanes: int, band: int, pixel_blo
     ``pixel_block``: ``bitserial.schedule_stages``)."""
     from tvm import s_tir, te
 
-    inputs, output = feedforward_compute(spec)
+    inputs, output = feedforward_compute(spec, lanes)
     func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "feedforward")
     sch = s_tir.Schedule(func)
     stages = spec.stages

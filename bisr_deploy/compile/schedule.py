@@ -41,7 +41,7 @@ def schedule_for(features) -> Schedule:
     if "asimd" in features:
         return Schedule(lanes=4, conv_tile=(4, 4), pixel_block=4, feedforward=False)
     if "avx512f" in features:
-        return Schedule(lanes=16, conv_tile=(7, 2))
+        return Schedule(lanes=16, conv_tile=(7, 2), pixel_block=4)
     return Schedule(lanes=8, conv_tile=(4, 2))
 
 

@@ -42,7 +42,7 @@ CORES = {core.name: core for core in (
     Core("cortex-x1", "aarch64", "neoverse-v1", 2.84, 51.2, 64 * KIB, 1 * MIB, 4 * MIB, "Snapdragon 888 prime core",
          512 / 3, 16),
     Core("neoverse-n1", "aarch64", "neoverse-n1", 2.5, 204.8, 64 * KIB, 1 * MIB, 32 * MIB, "AWS Graviton2", 256 / 3, 8),
-    Core("xeon-kvm", "x86_64", "rocketlake", 3.76, 15.0, 48 * KIB, 2 * MIB, 0,
+    Core("xeon-kvm", "x86_64", "skylake-avx512", 3.76, 15.0, 48 * KIB, 2 * MIB, 0,
          "this project's 2-core KVM Xeon (CPUID model 167), the calibration machine", 1024 / 3, 32),
 )}
 

@@ -342,8 +342,49 @@ class CompiledKernels:
         return kernel_cycles(self.lowered, self.machine_loops, cycles)
 
 
+_FOR_LINE = re.compile(r"^(\s*)for (.+?) in ")
+
+
+def unique_loop_names(script: str) -> str:
+    """TVMScript ``script`` with every ``for`` loop variable renamed ``<name>_L<k>x`` (k counts the loops in
+    program order) throughout its body. A kernel's scheduled stages all name their loops ``ax0``, ``ax1_0``, ...
+    (``compute_at`` makes them), and the code generator names a loop's blocks after its variable: unique names
+    tie every machine loop to its own TIR loop. (The trailing ``x`` keeps LLVM's uniquifying digits apart from
+    the number.)"""
+    lines, scopes, count = [], [], 0  # scopes: (indent of the for line, {old name: new name})
+    for line in script.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if line.strip():
+            while scopes and scopes[-1][0] >= indent:
+                scopes.pop()
+        names = {old: new for _, renamed in scopes for old, new in renamed.items()}
+        if (m := _FOR_LINE.match(line)) is not None:
+            own = {}
+            for var in (v.strip() for v in m.group(2).split(",")):
+                count += 1
+                own[var] = f"{var}_L{count}x"
+            names.update(own)
+            scopes.append((indent, own))
+        if names:
+            pattern = r"\b(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")\b"
+            line = re.sub(pattern, lambda m: names[m.group(1)], line)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def with_unique_loop_names(tir_mod):
+    """``tir_mod`` with every PrimFunc's loops renamed by ``unique_loop_names`` (the same program: TVMScript
+    printed, renamed and parsed again)."""
+    import tvm
+
+    return tvm.IRModule({gv: tvm.script.from_source(unique_loop_names(func.script()))
+                         if isinstance(func, tvm.tirx.PrimFunc) else func for gv, func in tir_mod.functions_items()})
+
+
 def compile_kernels(tir_mod, tvm_target: dict) -> CompiledKernels:
-    """Lower and assemble every PrimFunc of ``tir_mod`` for ``tvm_target`` (see module docstring)."""
+    """Lower and assemble every PrimFunc of ``tir_mod`` for ``tvm_target`` (see module docstring), its loops
+    renamed apart first (``with_unique_loop_names``)."""
+    tir_mod = with_unique_loop_names(tir_mod)
     with tempfile.TemporaryDirectory(prefix="bisr-estimate-") as tmp:
         asm_loops = machine_loops(assemble(tir_mod, tvm_target, Path(tmp)))
     return CompiledKernels(lower_module(tir_mod, tvm_target), asm_loops, tvm_target["mtriple"])
