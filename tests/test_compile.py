@@ -62,6 +62,9 @@ def random_case(rng, c, h, w, ks, group):
     (28, 16, 32, 3, 1),    # BiSRNet 3x3, one word, 4 x 16 lanes
     (56, 8, 16, 1, 1),     # 1x1 over two words
     (112, 8, 16, 3, 28),   # the grouped 3x3: 4 channels per group, 28 groups
+    (48, 5, 16, 3, 6),     # tap-packed, 8 channels per group: 4 x 4 bytes transposed, 3 window words
+    (48, 5, 32, 3, 24),    # tap-packed, 2 channels per group: 16 x 16 pairs of bits, one window word
+    (16, 4, 16, 3, 16),    # tap-packed, 1 channel per group: 32 x 32 bits (half the slots unused)
     (40, 6, 12, 3, 4),     # groups of 10 straddle the 32-bit word boundary; width 12 -> 4 lanes
     (28, 1, 8, 3, 1),      # one row: first and last row at once
 ])
