@@ -18,7 +18,9 @@ One ``BiSRConvSpec`` (shape, kernel, pads, groups) gives one TIR ``PrimFunc`` in
 ``Fusion`` extends the kernel to BiSRNet's modules around the BiSRConvs (two layers with their Concat or
 mean, the following RPReLU, the block residual, the LayerNorm before a FusionUp);
 ``BiSRConvSpec.tap_words`` switches grouped convs with small groups to tap-packed windows (2 popcounts per
-output for 4 channels x 3x3, not 9). docs/compiler.md.
+output for 4 channels x 3x3, not 9; built by butterfly transposes, ``transposed_windows``); on AVX-512 the
+epilogue of kernels with at most 63 binary products per output looks steps 4-5 up in a per-channel table
+(``epilogue_lut_entries``). docs/compiler.md.
 
 Kernel parameters prepared from the ONNX initializers by ``prepare_weights`` (numpy, at compile time):
 ``wwords`` uint32 [C, NWG, KH, KW] (the output channel's weight bits at their activation bit positions, NWG =
@@ -98,7 +100,7 @@ class BiSRConvSpec:
     def tap_words(self) -> int:
         """TW > 0: the kernel is **tap-packed**. A grouped conv whose groups sit inside one word (Cg divides
         32) and whose window (Cg·KH·KW bits) fits fewer words than the NWG·KH·KW of the plane-wise loop
-        gathers each group's Cg bits of all taps side by side (tap k = u·KW + v at bits
+        packs each group's Cg bits of all taps side by side (tap k = u·KW + v at bits
         (k mod 32/Cg)·Cg.. of word k div 32/Cg): TW popcounts per output instead of KH·KW. 0: plane-wise."""
         kh, kw = self.kernel
         cg = self.group_channels
@@ -112,7 +114,7 @@ class BiSRConvSpec:
 def prepare_weights(spec: BiSRConvSpec, weight_bits: np.ndarray) -> dict[str, np.ndarray]:
     """ONNX ``weight_bits`` uint8 [C, ceil(Cg·KH·KW/8)] (LSB-first over (i,u,v)) -> ``wwords``, ``wmask``, ``table``.
     Tap-packed specs (``spec.tap_words``) get ``wwords`` [C, TW] in the gathered window's bit layout (their
-    ``wmask`` is kept for a uniform signature but unused: the gather already isolates the group's bits)."""
+    ``wmask`` is kept for a uniform signature but unused: the windows already isolate the group's bits)."""
     c, cg = spec.channels, spec.group_channels
     kh, kw = spec.kernel
     try:

@@ -32,7 +32,8 @@ def schedule_for(features) -> Schedule:
     AVX-512 (``avx512f``) or AVX2. ``conv_tile``: the fastest tile per vector instruction set, measured on
     AVX-512 and estimated (llvm-mca, Cortex-A76) on NEON (docs/compiler.md, "The float convolutions").
     ``pixel_block``: 4 vectors on NEON, the block that `bisr-deploy estimate --core cortex-a76` found fastest
-    (docs/arm.md); x86 keeps one vector (as its kernels were measured). ``feedforward``: off on NEON, where the
+    (docs/arm.md), and on AVX-512 (64 pixels per iteration share an output channel's weights and epilogue
+    table registers); AVX2 keeps one vector (as its kernels were measured). ``feedforward``: off on NEON, where the
     Cortex-A76 estimate puts the 28 x 256 x 256 FeedForward kernel at 95 ms (8-row bands) to 187 ms (1-row
     bands, what a 512 KiB L2 allows) against 55 ms for its five kernels: the compute-bound NEON kernels pay
     for the FusionUp rows each band recomputes more than they save in memory traffic (docs/compiler.md,

@@ -13,8 +13,9 @@ Three steps, each exact about what it knows:
 3. ``mca_cycles``: ``llvm-mca`` (LLVM 19's scheduling model of the chosen core) simulates each machine
    loop's own instructions (those not in a nested loop) for 100 iterations: cycles per iteration, divided
    by the loop's ``unroll_factor`` (LLVM's own unrolling), times the TIR trip count of the loop it runs
-   (``tir_loop_of``); copies of one TIR loop (unswitched, or inside an unrolled outer loop) are averaged;
-   TIR loops that share a name (a pack loop and a gather loop) are told apart by ``loop_instance``.
+   (``tir_loop_of``); copies of one TIR loop (unswitched, or inside an unrolled outer loop) are averaged.
+   Every loop is renamed apart before lowering (``with_unique_loop_names``); the copies TVM makes of the
+   loops inside an unrolled loop still share a name and are told apart by ``loop_instance``.
 
 Limits, stated in docs/estimate.md: every instruction of a loop body is counted on every iteration (both
 arms of a branch), loads hit L1 (memory traffic is a separate bound, ``network.dram_traffic``), loops that
@@ -311,7 +312,7 @@ def kernel_cycles(lowered_mod, asm_loops: list[MachineLoop], cycles: list[float]
             tir = by_name[var]
             instances = sorted({instance for instance, _ in found}, key=lambda i: -1 if i is None else i)
             if len(tir) > 1 and None not in instances and len(instances) == len(tir):
-                # several TIR loops of one name (a pack loop and a gather loop, the copies of an unrolled
+                # several TIR loops of one name (the copies of the loops inside an unrolled
                 # loop): the k-th numbered block name is the k-th loop in program order
                 parts = [([c for i, c in found if i == instance], [loop]) for instance, loop in zip(instances, tir)]
             else:
