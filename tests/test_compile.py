@@ -79,7 +79,7 @@ def test_bisrconv_kernel_bit_exact(c, h, w, ks, group):
     np.testing.assert_array_equal(got, want)
 
 
-FUSIONS = [Fusion("concat"), Fusion("concat", post=True), Fusion(post=True), Fusion("mean"),
+FUSIONS = [Fusion("concat"), Fusion("concat", post=True), Fusion(post=True), Fusion(residual=True), Fusion("mean"),
            Fusion("mean", split_input=True, residual=True), Fusion("mean", residual=True)]
 
 
@@ -126,8 +126,8 @@ def check_fused_kernels(c, h, w, ks, group, fusions, pixel_block=1):
         else:
             xs = [x1, x2] if fusion.split_input else [np.concatenate([x1, x2], axis=1)]
             want = (layer(x1, i1, s1) + layer(x2, i2, s2)) / np.float32(2)
-            if fusion.residual:
-                want, args = want + r, args + [r]
+        if fusion.residual:
+            want, args = want + r, args + [r]
         if fusion.post:
             b0, slope, b1 = (a[:want.shape[1], None, None] for a in post)
             t = want + b0
@@ -203,12 +203,13 @@ def test_import_fuses_bisrnets_patterns(artifact64):
     members = [m for layer in fused + blocks for m in layer["members"]]
     assert len(single) == 59 and len(members) == len(set(members)) and set(members) <= single
     assert len(blocks) == 5 and all(len(layer["members"]) == 9 for layer in blocks)  # FusionUp x2, 3x3, FusionDown x2
-    assert len(fused) == 6 and len(members) == 57  # embedding, mapping: alone
+    assert len(fused) == 7 and len(members) == 58  # embedding: alone
     kinds = {(layer["combine"], layer["split_input"], layer["residual"], layer["rprelu"], layer["layer_norm"])
              for layer in fused}
     assert kinds == {("concat", False, False, False, False),  # Downsample
                      ("mean", False, False, False, False),  # Upsample
-                     ("mean", True, False, False, False)}  # FusionDown of the decoder's Concat(up, skip)
+                     ("mean", True, False, False, False),  # FusionDown of the decoder's Concat(up, skip)
+                     ("single", False, True, False, False)}  # mapping(fea) + x
     target = manifest["target"]
     assert target["l2_bytes"] > 0 and target["l1d_bytes"] > 0  # the caches that sized the bands
     from bisr_deploy.compile.feedforward import FeedForwardSpec, band_rows

@@ -173,12 +173,12 @@ class Fusion:
     combine: str = "single"  # "single" | "concat" | "mean"
     post: bool = False  # the following RPReLU in the epilogue
     split_input: bool = False  # mean only: the two halves come as two tensors (a Concat in the graph)
-    residual: bool = False  # mean only: + R [N,C,H,W] after the mean (the block's residual Add)
+    residual: bool = False  # single or mean: + R [N,C,H,W] after the layer or the mean (a residual Add)
     norm_epsilon: float | None = None  # not mean: X is LayerNorm(X_raw) over channels, computed in the kernel
 
     def __post_init__(self):
-        if self.combine not in COMBINES or (self.combine != "mean" and (self.split_input or self.residual)) or \
-                (self.combine == "mean" and self.norm_epsilon is not None):
+        if self.combine not in COMBINES or (self.combine != "mean" and self.split_input) or \
+                (self.combine == "concat" and self.residual) or (self.combine == "mean" and self.norm_epsilon is not None):
             raise BisrError(f"BiSRConv kernel: unsupported fusion {self}")
 
     @property
@@ -245,8 +245,9 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
     * ``single``: one layer, X [N,C,H,W] -> Y [N,C,H,W]; inputs ``["X", *BISRCONV_PARAMS]``.
     * ``concat`` (FusionUp, Downsample): both layers on the same X [N,C,H,W], Y = Concat(Y1, Y2) [N,2C,H,W].
     * ``mean`` (FusionDown, Upsample): layer l on channels [lC, (l+1)C) of X [N,2C,H,W] (``split_input``:
-      on X_l [N,C,H,W], two inputs), Y = (Y1 + Y2) / 2 [N,C,H,W], the float32 Add then Div of the graph;
-      ``residual``: Y = that + R.
+      on X_l [N,C,H,W], two inputs), Y = (Y1 + Y2) / 2 [N,C,H,W], the float32 Add then Div of the graph.
+
+    ``residual`` (``single`` and ``mean``): Y = that + R, the graph's Add after the layer or the mean.
 
     Pairs take ``[X (or X_1, X_2), *BISRCONV_PARAMS of layer 1, *BISRCONV_PARAMS of layer 2]``, then ``R`` if
     ``residual``, then ``POST_NAMES`` if ``post`` (float32 [C_out] each): the RPReLU that follows in the

@@ -6,7 +6,7 @@ BiSRConvs become one fused kernel call each (``bitserial.Fusion``, manifest kind
 | ``Concat((B1(X), B2(X)), axis=1)`` | ``concat`` |
 | the same, 1x1, X = ``LayerNorm(X0)`` over channels (PreNorm -> FusionUp) | ``concat`` with ``norm_epsilon`` on X0 |
 | ``(B1(X[:, :C]) + B2(X[:, C:])) / 2``, X possibly ``Concat((X1, X2))`` | ``mean`` (``split_input``) |
-| ``mean(...) + R`` | ``mean`` with ``residual`` |
+| ``mean(...) + R``, ``B(X) + R`` | ``mean`` or ``single`` with ``residual`` |
 | ``Add(PRelu(Add(K, bias_in), slope), bias_out)``, K a single or ``concat`` kernel | K with ``post`` (RPReLU) |
 | ``mean`` + R of ``mean`` of the grouped 3x3 of FusionUp of FusionUp(LayerNorm(R)) (a ConvBlock FeedForward) | ``feedforward.py``: one band-fused kernel |
 
@@ -133,19 +133,20 @@ def fusion_class():
             return self._fused_call(spec, Fusion("mean"), [x, *a[2], *b[2]])
 
         def _fuse_residual(self, call):
-            """Add(M, R), M a ``mean`` kernel's result, R of its shape (BiSRNet's block(x) + x) -> the kernel
-            with ``+ R`` (in that operand order)."""
-            for split_input in (False, True):
-                kernel = self._bisr_call(call.args[0], Fusion("mean", split_input=split_input))
-                if kernel is None:
+            """Add(M, R), M a ``mean`` kernel's result (BiSRNet's block(x) + x) or a plain ``single`` one (the
+            U-Net's mapping(fea) + x), R of its shape -> the kernel with ``+ R`` (in that operand order). Not
+            the Add of two ``single`` results of one spec: that is the sum of a pair, ``_fuse_mean``'s."""
+            for fusion in (Fusion("mean"), Fusion("mean", split_input=True), Fusion()):
+                kernel = self._bisr_call(call.args[0], fusion)
+                if kernel is None or (fusion == Fusion() and (self._bisr_call(call.args[1]) or (None,))[0] == kernel[0]):
                     continue
                 spec, xs, params, _ = kernel
                 r = call.args[1]
                 if not isinstance(r.ty, relax.TensorType) or r.ty.dtype != "float32" or \
                         [int(d) for d in r.ty.shape] != [spec.batch, spec.channels, spec.height, spec.width]:
                     return None
-                fusion = Fusion("mean", split_input=split_input, residual=True)
-                block = self._fuse_feedforward(spec, fusion, [*xs, *params, r])
+                fusion = dataclasses.replace(fusion, residual=True)
+                block = self._fuse_feedforward(spec, fusion, [*xs, *params, r]) if fusion.combine == "mean" else None
                 return self._fused_call(spec, fusion, [*xs, *params, r]) if block is None else block
             return None
 
