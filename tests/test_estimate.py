@@ -113,8 +113,8 @@ def test_tir_loops_of_one_name_are_priced_apart():
 @pytest.mark.needs_tvm
 def test_loops_that_share_a_name_are_renamed_apart():
     """``compute_at`` names every stage's loops ``ax0``, ``ax1``, ...: ``with_unique_loop_names`` gives each
-    ``for`` its own name in its whole body (nested loops and shadowing included) and keeps the program, so
-    the code generator's blocks name one TIR loop each, even where LLVM later removes a loop of the name."""
+    ``for`` its own name in its whole body (nested loops included) and keeps the program, so the code
+    generator's blocks name one TIR loop each."""
     import re
 
     import tvm

@@ -138,8 +138,11 @@ def fusion_class():
             the Add of two ``single`` results of one spec: that is the sum of a pair, ``_fuse_mean``'s."""
             for fusion in (Fusion("mean"), Fusion("mean", split_input=True), Fusion()):
                 kernel = self._bisr_call(call.args[0], fusion)
-                if kernel is None or (fusion == Fusion() and (self._bisr_call(call.args[1]) or (None,))[0] == kernel[0]):
+                if kernel is None:
                     continue
+                partner = self._bisr_call(call.args[1]) if fusion == Fusion() else None
+                if partner is not None and partner[0] == kernel[0]:
+                    return None
                 spec, xs, params, _ = kernel
                 r = call.args[1]
                 if not isinstance(r.ty, relax.TensorType) or r.ty.dtype != "float32" or \
