@@ -51,6 +51,7 @@ def _run(func, name: str, args, out_shape) -> np.ndarray:
     (28, 13, 11, 4, TARGET.lanes, 1),  # BiSRNet's first level at an odd size: 1-lane vectors, 4 does not divide 13
     (8, 6, 16, 8, 4, 4),  # one band taller than the image; 8 ch -> 16 -> 32; NEON's 4 lanes x 4-vector blocks
     (12, 7, 8, 2, TARGET.lanes, 1),  # 12 -> 24 -> 48 channels: the 3x3's 12 groups of 4 in one word, 48 span two
+    (28, 5, 32, 2, TARGET.lanes, 4),  # rows of 16-lane vectors: on AVX-512 every stage's epilogue table
 ])
 def test_feedforward_kernel_bit_identical_to_per_layer_kernels(dim, h, w, band, lanes, pixel_block):
     """The fused kernel gives exactly the bits of the five per-layer kernels run one after the other

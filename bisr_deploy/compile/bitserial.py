@@ -113,7 +113,7 @@ class BiSRConvSpec:
 
 def prepare_weights(spec: BiSRConvSpec, weight_bits: np.ndarray) -> dict[str, np.ndarray]:
     """ONNX ``weight_bits`` uint8 [C, ceil(Cg·KH·KW/8)] (LSB-first over (i,u,v)) -> ``wwords``, ``wmask``, ``table``.
-    Tap-packed specs (``spec.tap_words``) get ``wwords`` [C, TW] in the gathered window's bit layout (their
+    Tap-packed specs (``spec.tap_words``) get ``wwords`` [C, TW] in the tap-packed window's bit layout (their
     ``wmask`` is kept for a uniform signature but unused: the windows already isolate the group's bits)."""
     c, cg = spec.channels, spec.group_channels
     kh, kw = spec.kernel
@@ -427,6 +427,12 @@ def _low_halves_mask(bits: int) -> int:
     return sum(((1 << bits) - 1) << block for block in range(0, WORD_BITS, 2 * bits))
 
 
+def butterfly_halves(per_word: int) -> list[int]:
+    """The block sizes h of the butterfly stages of a ``per_word`` x ``per_word`` transpose, in order: P/2, ..., 1
+    (stage ``transpose<h>`` of ``transposed_windows``)."""
+    return [per_word >> s for s in range(1, per_word.bit_length())]
+
+
 def transposed_windows(spec: BiSRConvSpec, source, n_layers: int, prefix: str = ""):
     """The tap-packed windows of every group as TE stages ``transpose<h>`` (the last one returned): [N, planes,
     TW, P, H, W] uint32 with P = 32 / Cg, word t of the window of the group in slot j of plane q at
@@ -466,9 +472,8 @@ def transposed_windows(spec: BiSRConvSpec, source, n_layers: int, prefix: str = 
         return te.compute(shape, swap, name=f"{prefix}transpose{h}")
 
     words = te.compute(shape, tap_word, name=f"{prefix}taps")
-    h = per_word // 2
-    while h >= 1:
-        words, h = butterfly(words, h), h // 2
+    for h in butterfly_halves(per_word):
+        words = butterfly(words, h)
     return words
 
 
@@ -570,8 +575,7 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
         outer = rows
     if spec.tap_words:  # each row's windows just before its convolution (they stay in cache), every butterfly
         # stage per vector of 16 pixels under the last one's loop (its P words in registers)
-        per_word = WORD_BITS // spec.group_channels
-        stages = [block(f"transpose{h}") for h in (per_word >> s for s in range(1, per_word.bit_length())) if h]
+        stages = [block(f"transpose{h}") for h in butterfly_halves(WORD_BITS // spec.group_channels)]
         sch.compute_inline(block("taps"))
         last = stages[-1]
         sch.compute_at(last, rows, preserve_unit_loops=True)
