@@ -114,11 +114,13 @@ np.savez(sys.argv[3], **outs)
 """
 
 
-def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path):
+@pytest.mark.parametrize("cpu", ["generic", "dotprod"])
+def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path, cpu):
     """The BiSR-Conv kernels with the NEON schedule (4 lanes, blocks of 4 vectors, popcount sums in the
     epilogue, the fused LayerNorm's per-pixel stages), run under qemu, give the x86 kernels' bits (which
     test_compile checks against the reference), also at odd sizes: rows of 3 and 5 vectors (blocks of 3 and
-    1), 7 channels, groups straddling words, tap-packed windows."""
+    1), 7 channels, groups straddling words, tap-packed windows; ``--cpu dotprod`` sums the popcounts with
+    ``udot`` (the disassembly has no widening adds left) and records ``asimddp``."""
     import tvm
 
     from bisr_deploy.compile.bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc
@@ -131,7 +133,7 @@ def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path):
     cases = [(40, 5, 12, 3, 4, Fusion(post=True)), (112, 4, 16, 3, 28, Fusion(post=True)),
              (28, 3, 20, 1, 1, Fusion("concat", norm_epsilon=1e-5)),
              (7, 3, 20, 1, 1, Fusion("mean", split_input=True, residual=True)), (28, 6, 8, 3, 1, Fusion("concat"))]
-    arm, x86 = resolve_target("arm"), resolve_target("x86", "native")
+    arm, x86 = resolve_target("arm", cpu), resolve_target("x86", "native")
     arrays, kernels = {}, {target.arch: {} for target in (arm, x86)}
     for k, (c, h, w, ks, group, fusion) in enumerate(cases):
         p = (ks - 1) // 2
@@ -152,12 +154,16 @@ def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path):
         arrays[f"{name}/n"], arrays[f"{name}/shape"] = np.array(len(args)), np.array([1, c_out, h, w])
         for target in (arm, x86):
             sc = target.schedule
-            kernels[target.arch][name] = bisrconv_primfunc(spec, sc.lanes, fusion, sc.row_band,
-                                                           sc.pixel_block).with_attr("global_symbol", name)
-    assert arm.schedule.pixel_block == 4
+            kernels[target.arch][name] = bisrconv_primfunc(spec, sc.lanes, fusion, sc.row_band, sc.pixel_block,
+                                                           sc.shift_pack).with_attr("global_symbol", name)
+    assert arm.schedule.pixel_block == 4 and arm.schedule.shift_pack and not x86.schedule.shift_pack
     np.savez(tmp_path / "cases.npz", **arrays)
     tvm.compile(tvm.IRModule(kernels["arm"]), target=arm.tvm_target).export_library(
         str(tmp_path / "arm.so"), fcompile=cross.linux_fcompile())
+    mnemonics = {m for name, code in disassemble(tmp_path / "arm.so").items() if name.startswith("k") for m in code}
+    assert "cnt" in mnemonics and (("udot" in mnemonics) == (cpu == "dotprod"))
+    assert ("uadalp" in mnemonics or "uaddlp" in mnemonics) == (cpu == "generic")
+    assert arm.required_features == (("asimd", "asimddp") if cpu == "dotprod" else ("asimd",))
     (tmp_path / "run.py").write_text(_RUN_KERNELS)
     arm_env.run_python(tmp_path / "run.py", [tmp_path / "arm.so", tmp_path / "cases.npz", tmp_path / "arm.npz"],
                        timeout=600)

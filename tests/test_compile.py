@@ -31,10 +31,12 @@ tvm = pytest.importorskip("tvm")
 TARGET = resolve_target("x86", "native")
 
 
-def run_kernel(spec, inputs: dict, x: np.ndarray, target=TARGET, library: Path | None = None) -> np.ndarray:
+def run_kernel(spec, inputs: dict, x: np.ndarray, target=TARGET, library: Path | None = None,
+               shift_pack: bool = False) -> np.ndarray:
     node_like = type("Node", (), {"spec": spec, "inputs": inputs})
     params = kernel_params(node_like)
-    lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, target.lanes)}), target=target.tvm_target)
+    lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, target.lanes, shift_pack=shift_pack)}),
+                      target=target.tvm_target)
     if library is not None:
         lib.export_library(str(library))
     out = tvm.runtime.empty(x.shape, "float32")
@@ -68,13 +70,15 @@ def random_case(rng, c, h, w, ks, group):
     (40, 6, 12, 3, 4),     # groups of 10 straddle the 32-bit word boundary; width 12 -> 4 lanes
     (28, 1, 8, 3, 1),      # one row: first and last row at once
 ])
-def test_bisrconv_kernel_bit_exact(c, h, w, ks, group):
+@pytest.mark.parametrize("shift_pack", [False, True], ids=["or-pack", "shift-pack"])
+def test_bisrconv_kernel_bit_exact(c, h, w, ks, group, shift_pack):
+    """Each layout against the reference, packed either way (``Schedule.shift_pack``: NEON's)."""
     rng = np.random.default_rng(c * 1000 + h)
     signs, inputs, x = random_case(rng, c, h, w, ks, group)
     x[0, 0, 0, :4] = -inputs["redist_bias"][0] / inputs["redist_scale"][0]  # k·x + b at or next to 0
     p = (ks - 1) // 2
     spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p, p, p, p), group)
-    got = run_kernel(spec, inputs, x)
+    got = run_kernel(spec, inputs, x, shift_pack=shift_pack)
     want = bisrconv_op.reference(x, inputs, (ks, ks), (p,) * 4, group)
     np.testing.assert_array_equal(got, want)
 
@@ -457,3 +461,124 @@ def test_float_conv_tiles_on_the_a76_model():
         ms = tool.estimated_ms(convs["conv_in"], arm, dataclasses.replace(arm.schedule, conv_tile=tile), a76)
         per_cycle[tile] = convs["conv_in"].macs / (ms * a76.clock_ghz * 1e6)
     assert 7.0 < per_cycle[(4, 4)] <= 8.0 and per_cycle[(4, 1)] < 4.5, per_cycle
+
+
+@pytest.mark.parametrize("shape,axis,count,start,step,width", [((1, 1, 5, 40), 1, 7, 1, 2, 20), ((2, 3, 1, 13), 2, 4, 9, -3, 3)])
+def test_crops_kernel_copies_the_slices(shape, axis, count, start, step, width):
+    """The crops kernel equals numpy's Concat of the shifted slices (steps up and down, odd widths)."""
+    from bisr_deploy.compile.crops import CropsSpec, crops_primfunc
+
+    spec = CropsSpec(shape, axis, count, start, step, width)
+    lib = tvm.compile(tvm.IRModule({"crops": crops_primfunc(spec, TARGET.lanes)}), target=TARGET.tvm_target)
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    out = tvm.runtime.empty(spec.out_shape, "float32")
+    lib["crops"](tvm.runtime.tensor(x), out)
+    want = np.concatenate([x[..., start + step * k:start + step * k + width] for k in range(count)], axis=axis)
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+def _concat_of_slices_model(starts, width, axis=1):
+    """Y = Concat([Slice(X [1, 1, 3, 16], last axis, s : s + width) for s in starts], axis)."""
+    nodes, names = [], []
+    inits = [numpy_helper.from_array(np.array([3], np.int64), "axes")]
+    for k, s in enumerate(starts):
+        inits += [numpy_helper.from_array(np.array([s], np.int64), f"b{k}"),
+                  numpy_helper.from_array(np.array([s + width], np.int64), f"e{k}")]
+        nodes.append(helper.make_node("Slice", ["x", f"b{k}", f"e{k}", "axes"], [f"s{k}"]))
+        names.append(f"s{k}")
+    nodes.append(helper.make_node("Concat", names, ["y"], axis=axis))
+    out_shape = [1, 1, 3, width]
+    out_shape[axis] *= len(starts)
+    graph = helper.make_graph(nodes, "crops", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 3, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("starts,axis,lowered", [((0, 2, 4, 6), 1, True), ((6, 3, 0), 1, True),
+                                                 ((0, 2, 5), 1, False), ((0, 2, 4), 2, False)])
+def test_import_lowers_shifted_slices_to_crops(starts, axis, lowered):
+    """A Concat of equal-width slices at a constant step along an axis of extent 1 becomes the crops kernel (the
+    frontend's shift-back); an uneven step or another stacking axis stays TVM's Concat; both compute the graph."""
+    import onnxruntime as ort
+
+    from bisr_deploy.compile.build import compile_module
+
+    model = _concat_of_slices_model(starts, 8, axis)
+    imported, executable = compile_module(model, TARGET)
+    names = [gv.name_hint for gv in imported.mod.get_global_vars()]
+    assert any(n.startswith("crops_") for n in names) == lowered, names
+    x = np.random.default_rng(5).standard_normal((1, 1, 3, 16)).astype(np.float32)
+    vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+WINOGRAD_CONVS = [(28, 28, 16, 64), (28, 28, 13, 40), (5, 7, 6, 11), (3, 2, 5, 3)]  # BiSRNet's; odd sizes
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CONVS, ids=lambda c: "x".join(map(str, c)))
+def test_winograd_conv_matches_float64(case):
+    """The F(4, 3) kernel (``winograd.py``) against the float64 convolution, within 4e-6 of the output's
+    magnitude (float32 direct summation: ~3e-7; the transforms' constants up to 8 add rounding), and bit for
+    bit the same with the AVX-512, AVX2 and NEON schedules (the order of operations does not depend on the
+    vector width): heights that are not whole tiles, widths off the vector."""
+    from bisr_deploy.compile import winograd
+
+    ci, co, h, w = case
+    spec = Conv2dSpec(1, ci, co, h, w, (3, 3), (1, 1, 1, 1))
+    assert winograd.applies(spec)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, ci, h, w)).astype(np.float32)
+    wt = rng.standard_normal((co, ci, 3, 3)).astype(np.float32)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(), padding=1).numpy()
+    outs = []
+    for features in (("avx512f",), ("avx2",), ("asimd",)):
+        lib = tvm.compile(tvm.IRModule({"conv2d": winograd.winograd_primfunc(spec, schedule_for(features))}),
+                          target=TARGET.tvm_target)
+        out = tvm.runtime.empty((1, co, h, w), "float32")
+        lib["conv2d"](tvm.runtime.tensor(x), tvm.runtime.tensor(wt), out)
+        outs.append(out.numpy())
+    assert np.abs(outs[0] - want).max() / np.abs(want).max() < 4e-6
+    for other in outs[1:]:
+        np.testing.assert_array_equal(other.view(np.uint32), outs[0].view(np.uint32))
+
+
+def test_winograd_takes_only_its_convolutions():
+    """Grouped, 1x1, unpadded and too-short convolutions stay with the direct kernel (``floatconv``)."""
+    from bisr_deploy.compile import winograd
+
+    assert winograd.applies(Conv2dSpec(1, 28, 28, 256, 256, (3, 3), (1, 1, 1, 1)))  # conv_in, conv_out
+    for spec in (Conv2dSpec(1, 112, 112, 16, 16, (3, 3), (1, 1, 1, 1), 28), Conv2dSpec(1, 56, 28, 16, 16, (1, 1), (0,) * 4),
+                 Conv2dSpec(1, 28, 28, 16, 16, (3, 3), (0,) * 4), Conv2dSpec(1, 28, 28, 3, 16, (3, 3), (1,) * 4)):
+        assert not winograd.applies(spec), spec
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_import_folds_a_broadcast_channel_into_the_conv(kernel):
+    """Conv(Concat(A [1,3,H,W], Expand(m [1,1,H,W] -> [1,5,H,W]))) convolves m once with its five channels'
+    weights summed (the frontend's mask over the bands): 4 input channels instead of 8, the graph's values."""
+    import onnxruntime as ort
+
+    from bisr_deploy.compile.build import compile_module
+
+    rng = np.random.default_rng(6)
+    weight = rng.standard_normal((6, 8, kernel, kernel)).astype(np.float32)
+    nodes = [helper.make_node("Expand", ["m", "shape"], ["mm"]), helper.make_node("Concat", ["a", "mm"], ["x"], axis=1),
+             helper.make_node("Conv", ["x", "w"], ["y"], pads=[kernel // 2] * 4)]
+    graph = helper.make_graph(
+        nodes, "fold", [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 3, 8, 16]),
+                        helper.make_tensor_value_info("m", onnx.TensorProto.FLOAT, [1, 1, 8, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 8, 16])],
+        [numpy_helper.from_array(np.array([1, 5, 8, 16], np.int64), "shape"), numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    imported, executable = compile_module(model, TARGET)
+    assert [layer.spec.in_channels for layer in imported.layers if layer.kind == "conv2d"] == [4]
+    a = rng.standard_normal((1, 3, 8, 16)).astype(np.float32)
+    m = rng.standard_normal((1, 1, 8, 16)).astype(np.float32)
+    vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
+    params = [tvm.runtime.tensor(array) for _, array in imported.params]
+    got = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(m), *params).numpy()
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"a": a, "m": m})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -45,7 +45,8 @@ def load_model_for_compile(model_path, checkpoint_path, height, width, mode):
               help="x86, arm (aarch64 Linux, NEON) or android-arm64 (needs the NDK); ARM: docs/arm.md.")
 @click.option("--cpu", type=click.Choice(list(ALL_CPUS)), default="native", show_default=True,
               help="Instruction set: znver4 (AVX-512 + VPOPCNTDQ), skylake-avx512, haswell (AVX2), native; "
-                   "ARM: generic (= native).")
+                   "ARM: generic (= native; ARMv8-A NEON) or dotprod (+ the dot-product extension: Cortex-A55/A76 "
+                   "and later).")
 @click.option("--ndk", type=click.Path(file_okay=False), default=None,
               help="Android NDK for --target android-arm64 (default: $ANDROID_NDK_HOME).")
 @click.option("--height", type=int, default=None, help="Scene height for --checkpoint (default 256).")

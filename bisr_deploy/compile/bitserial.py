@@ -225,7 +225,7 @@ def epilogue_lut_entries(spec: BiSRConvSpec, lanes: int) -> int:
 
 
 def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, residual=None, prefix: str = "",
-                     lut_entries: int = 0):
+                     lut_entries: int = 0, shift_pack: bool = False):
     """TE tensors of the fused operator: returns (inputs, output Y). ``inputs`` are the placeholders it
     creates, in argument order; ``xs`` (the X tensors) and ``residual`` (R), if given, are existing TE
     tensors of those shapes (another kernel's stages: ``feedforward.py``) and are not among them. ``prefix``
@@ -252,6 +252,10 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
     Pairs take ``[X (or X_1, X_2), *BISRCONV_PARAMS of layer 1, *BISRCONV_PARAMS of layer 2]``, then ``R`` if
     ``residual``, then ``POST_NAMES`` if ``post`` (float32 [C_out] each): the RPReLU that follows in the
     graph, ``Y = PReLU(Y + bias_in) + bias_out``. The arithmetic is the graph's, float32 op by op.
+
+    ``shift_pack`` (``Schedule.shift_pack``): the pack builds each word from its last channel down, ``word =
+    (word << 1) | bit``, instead of or-ing ``bit << c`` terms (NEON: no constant per channel to keep or
+    rematerialise); the same words.
 
     ``fusion.norm`` (the LayerNorm before a FusionUp): the kernel takes the LayerNorm's input as X, and
     ``NORM_NAMES`` (gamma, beta [C]) after the layers' parameters; the sign and the layers' residual read
@@ -320,12 +324,16 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
     def pack(n, q, y, xx):
         l, p = (0, q) if n_layers == 1 else (q // words, q % words)
         word = None
-        for bit in range(WORD_BITS):
+        for bit in reversed(range(WORD_BITS)) if shift_pack else range(WORD_BITS):
             ch = tirx.min(p * WORD_BITS + bit, c - 1)
             positive = tirx.all(p * WORD_BITS + bit < c,
                                 param("redist_scale", l, ch) * x_at(n, l, ch, y, xx) > -param("redist_bias", l, ch))
-            term = tirx.Select(positive, tirx.const(1 << bit, u32), tirx.const(0, u32))
-            word = term if word is None else word | term
+            if shift_pack:  # from the word's last channel down: word = (word << 1) | bit
+                term = tirx.Select(positive, tirx.const(1, u32), tirx.const(0, u32))
+                word = term if word is None else (word << tirx.const(1, u32)) | term
+            else:
+                term = tirx.Select(positive, tirx.const(1 << bit, u32), tirx.const(0, u32))
+                word = term if word is None else word | term
         return word
 
     packed = te.compute((n_, n_layers * words, h, w), pack, name=f"{prefix}pack")
@@ -564,6 +572,9 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
     sch.vectorize(xi)
     if xb > 1:
         sch.unroll(xm)
+    if fusion.combine == "concat":  # the two layers' channels as two copies of the channel loop, each reading
+        # its own layer's parameters (no per-pixel select between the layers' buffers: their loads stay hoisted)
+        sch.unroll(sch.split(o, [fusion.layers, None])[0])
     sch.compute_inline(conv)
     if band is not None:
         outer = band
@@ -611,7 +622,8 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
 
 
 def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
-                      row_band: int = Schedule.row_band, pixel_block: int = Schedule.pixel_block):
+                      row_band: int = Schedule.row_band, pixel_block: int = Schedule.pixel_block,
+                      shift_pack: bool = Schedule.shift_pack):
     """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
     vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel
     (``schedule_stages``)."""
@@ -619,7 +631,7 @@ def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusi
 
     if fusion.norm and spec.padded:
         raise BisrError(f"BiSRConv kernel: a LayerNorm fuses into 1x1 kernels only, not {list(spec.kernel)}")
-    inputs, output = bisrconv_compute(spec, fusion, lut_entries=epilogue_lut_entries(spec, lanes))
+    inputs, output = bisrconv_compute(spec, fusion, lut_entries=epilogue_lut_entries(spec, lanes), shift_pack=shift_pack)
     func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "bisrconv")
     sch = s_tir.Schedule(func)
     schedule_stages(sch, spec, fusion, lanes, row_band=row_band, pixel_block=pixel_block)

@@ -60,7 +60,7 @@ def fusion_class():
             schedule = self.state.schedule
             gv = self._kernel(("bisrconv", spec, fusion),
                               lambda: bisrconv_primfunc(spec, schedule.lanes, fusion, schedule.row_band,
-                                                        schedule.pixel_block), name)
+                                                        schedule.pixel_block, schedule.shift_pack), name)
             self.state.bisr_kernels[name] = (spec, fusion)
             self._record(LayerInfo(name, "bisrconv_fused", spec, name, self._members(args), fusion))
             out = [spec.batch, fusion.output_channels(spec), spec.height, spec.width]

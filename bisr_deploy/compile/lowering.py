@@ -6,8 +6,12 @@ operator has an entry in ``Lowering.RULES``:
 
 - ``relax.atan`` (the BiSRConv placeholder, ``split.PLACEHOLDER``) -> ``call_tir`` of the bitserial kernel,
   or the operator in float32 Relax ops (``bitserial=False``: the "TVM fp32" baseline);
-- ``relax.nn.conv2d`` (full-precision layers) -> the scheduled ``floatconv`` kernel (``schedule_float``);
+- ``relax.nn.conv2d`` (full-precision layers) -> the scheduled ``floatconv`` kernel, or ``winograd`` for the
+  3x3 convolutions it computes (``schedule_float``); a channel broadcast into its input Concat (the mask over
+  the 28 bands) is convolved once, with the summed weights;
 - ``relax.image.resize2d`` (bilinear 2x, half-pixel) -> the ``upsample`` kernel;
+- ``relax.concat`` of equal-width slices of one tensor at a constant step (the frontend's shift-back) -> the
+  ``crops`` kernel;
 - ``relax.permute_dims`` closing NCHW -> NHWC -> LayerNorm(last axis) -> NCHW (BiSRNet's PreNorm) -> one
   LayerNorm over axis 1 (same arithmetic, two transposes fewer).
 
@@ -26,7 +30,9 @@ import numpy as np
 
 from ..artifact import BISRCONV_PARAMS
 from ..errors import BisrError
+from . import winograd
 from .bitserial import Fusion, bisrconv_primfunc, prepare_weights
+from .crops import CropsSpec, crops_primfunc
 from .floatconv import Conv2dSpec, conv2d_primfunc
 from .schedule import Schedule
 from .split import BiSRConvNode
@@ -99,7 +105,8 @@ def pass_mutator():
             super().__init__(mod)
             self.state = state
             self.ops = {name: tvm_op(f"relax.{name}") for name in
-                        ("concat", "divide", "add", "split", "nn.prelu", "nn.layer_norm", "permute_dims")}
+                        ("concat", "divide", "add", "split", "nn.prelu", "nn.layer_norm", "permute_dims",
+                         "strided_slice", "broadcast_to")}
 
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
@@ -151,7 +158,36 @@ def lowering_class():
         """Placeholder calls -> BiSRConv lowerings, float convs / resizes / PreNorm -> our kernels."""
 
         RULES = {"relax.atan": ("_bisrconv",), "relax.permute_dims": ("_channel_layer_norm",),
-                 "relax.image.resize2d": ("_upsample2x",), "relax.nn.conv2d": ("_conv2d",)}
+                 "relax.image.resize2d": ("_upsample2x",), "relax.nn.conv2d": ("_conv2d",),
+                 "relax.concat": ("_shifted_crops",)}
+
+        def _shifted_crops(self, call):
+            """A Concat of K >= 2 slices of one float32 tensor along its last axis, of one width, starting at
+            start + step·k, stacked along an axis where the source has extent 1 -> the ``crops`` kernel."""
+            fields = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else []
+            slices = [self._producer(f, self.ops["strided_slice"]) for f in fields]
+            if len(slices) < 2 or any(s is None for s in slices):
+                return None
+            source = slices[0].args[0]
+            shape = [int(d) for d in source.ty.shape]
+            ndim, axis = len(shape), int(call.attrs.axis) % len(shape)
+            ints = lambda t: [int(f.value) for f in t.fields]  # noqa: E731
+            ranges = []
+            for s in slices:
+                axes, begin, end, strides = (ints(a) for a in s.args[1:5])
+                if not s.args[0].same_as(source) or [a % ndim for a in axes] != [ndim - 1] or strides != [1]:
+                    return None
+                ranges.append((begin[0], end[0]))
+            start, width = ranges[0][0], ranges[0][1] - ranges[0][0]
+            step = ranges[1][0] - start
+            if (axis == ndim - 1 or shape[axis] != 1 or str(source.ty.dtype) != "float32" or start < 0 or width < 1
+                    or any(r != (start + step * k, start + step * k + width) for k, r in enumerate(ranges))
+                    or min(start, start + step * (len(ranges) - 1)) < 0
+                    or max(start, start + step * (len(ranges) - 1)) + width > shape[-1]):
+                return None
+            spec = CropsSpec(tuple(shape), axis, len(ranges), start, step, width)
+            gv = self._kernel(("crops", spec), lambda: crops_primfunc(spec, self.state.schedule.lanes), spec.name)
+            return relax.call_tir(gv, [source], relax.TensorType(list(spec.out_shape), "float32"))
 
         def _channel_layer_norm(self, call):
             """NCHW -> NHWC, LayerNorm over C, -> NCHW (BiSRNet's PreNorm) becomes one LayerNorm over axis 1."""
@@ -203,7 +239,8 @@ def lowering_class():
             schedule = self.state.schedule
             gv = self._kernel(("bisrconv", spec),
                               lambda: bisrconv_primfunc(spec, schedule.lanes, row_band=schedule.row_band,
-                                                        pixel_block=schedule.pixel_block), name)
+                                                        pixel_block=schedule.pixel_block,
+                                                        shift_pack=schedule.shift_pack), name)
             self.state.bisr_kernels[name] = (spec, Fusion())
             self.state.layers.append(LayerInfo(node.name, "bisrconv", spec, name))
             return relax.call_tir(gv, [x, *args], relax.TensorType(shape, "float32"))
@@ -216,7 +253,35 @@ def lowering_class():
             if (any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation)
                     or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or str(x.ty.dtype) != "float32"):
                 return None
+            x, w = self._fold_broadcast_channels(x, w, int(attrs.groups))
             return self._float_conv(x, w, tuple(int(p) for p in attrs.padding), int(attrs.groups))
+
+        def _fold_broadcast_channels(self, x, w, groups):
+            """A convolution of a channel Concat whose parts include one channel broadcast to C (the snapshot's
+            2-D mask repeated over the bands) convolves that channel once with the C channels' weights summed
+            (float64, then float32): the same convolution up to float rounding, C - 1 input channels fewer.
+            Returns (x, w), rewritten or as they were."""
+            concat = self._producer(x, self.ops["concat"])
+            weight = self.state.param_values.get(w.name) if isinstance(w, relax.Var) else None
+            if (groups != 1 or concat is None or weight is None or int(concat.attrs.axis) % 4 != 1
+                    or not isinstance(concat.args[0], relax.Tuple)):
+                return x, w
+            fields, columns, start = [], [], 0
+            for part in concat.args[0].fields:
+                shape = [int(d) for d in part.ty.shape]
+                repeated = self._producer(part, self.ops["broadcast_to"])
+                one = repeated.args[0] if repeated is not None else None
+                if one is not None and [int(d) for d in one.ty.shape] == [shape[0], 1, *shape[2:]]:
+                    fields.append(one)
+                    columns.append(weight[:, start:start + shape[1]].astype(np.float64).sum(axis=1, keepdims=True))
+                else:
+                    fields.append(part)
+                    columns.append(weight[:, start:start + shape[1]])
+                start += shape[1]
+            if all(f.same_as(p) for f, p in zip(fields, concat.args[0].fields)):
+                return x, w
+            folded = np.concatenate(columns, axis=1).astype(np.float32)
+            return relax.op.concat(fields, axis=1), self._param(f"{w.name}_folded", folded)
 
         def _float_conv(self, x, w, pads, groups):
             x = self.builder_.normalize(x)
@@ -225,7 +290,8 @@ def lowering_class():
             spec = Conv2dSpec(xs[0], xs[1], ws[0], xs[2], xs[3], (ws[2], ws[3]), pads, groups)
             name = "conv2d_" + "x".join(str(v) for v in (spec.in_channels, spec.out_channels, spec.height, spec.width,
                                                          *spec.kernel, groups))
-            gv = self._kernel(("conv2d", spec), lambda: conv2d_primfunc(spec, self.state.schedule), name)
+            make = winograd.winograd_primfunc if winograd.applies(spec) else conv2d_primfunc
+            gv = self._kernel(("conv2d", spec), lambda: make(spec, self.state.schedule), name)
             self.state.layers.append(LayerInfo(name, "conv2d", spec, name))
             out = relax.TensorType([spec.batch, spec.out_channels, spec.out_height, spec.out_width], "float32")
             return relax.call_tir(gv, [x, w], out)

@@ -16,7 +16,8 @@ class Schedule:
     the border compares serve the whole block); ``l1d_bytes``, ``l2_bytes``: the data caches of one core,
     which size the bands of the FeedForward kernel (``feedforward.band_rows``). The defaults are a generic
     core's (32 KiB, 1 MiB); a target sets its own (``targets.py``). ``feedforward``: run each ConvBlock
-    FeedForward as one band-fused kernel (``feedforward.py``) rather than its five kernels."""
+    FeedForward as one band-fused kernel (``feedforward.py``) rather than its five kernels. ``shift_pack``: the
+    bitserial pack builds its words by shifts (``bitserial.bisrconv_compute``)."""
 
     lanes: int
     row_band: int = 8
@@ -25,6 +26,7 @@ class Schedule:
     l1d_bytes: int = 32 * 1024
     l2_bytes: int = 1024 * 1024
     feedforward: bool = True
+    shift_pack: bool = False
 
 
 def schedule_for(features) -> Schedule:
@@ -38,9 +40,10 @@ def schedule_for(features) -> Schedule:
     bands, what a 512 KiB L2 allows) against 55 ms for its five kernels: the compute-bound NEON kernels pay
     for the FusionUp rows each band recomputes more than they save in memory traffic (docs/compiler.md,
     ``tools/bench_feedforward.py --core cortex-a76``); on
-    x86 the fused kernel measured 2.2x faster than the five."""
+    x86 the fused kernel measured 2.2x faster than the five. ``shift_pack``: on NEON, where the Cortex-A76
+    estimate puts the pack loops 13 % lower (docs/arm.md); on x86 it measured 3-5 % slower end to end."""
     if "asimd" in features:
-        return Schedule(lanes=4, conv_tile=(4, 4), pixel_block=4, feedforward=False)
+        return Schedule(lanes=4, conv_tile=(4, 4), pixel_block=4, feedforward=False, shift_pack=True)
     if "avx512f" in features:
         return Schedule(lanes=16, conv_tile=(7, 2), pixel_block=4)
     return Schedule(lanes=8, conv_tile=(4, 2))

@@ -8,7 +8,10 @@ Whether code runs on this machine is ``bisr_deploy.hostcpu.check_runnable`` (the
 Adding a target means adding one entry (docs/compiler.md shows how).
 
 ``x86`` CPUs: ``znver4`` (AVX-512 with VPOPCNTDQ), ``skylake-avx512`` (AVX-512 without vector popcount),
-``haswell`` (AVX2), ``native`` (this machine). ARM: the generic ARMv8-A core with NEON.
+``haswell`` (AVX2), ``native`` (this machine). ARM: ``generic``, the ARMv8-A core with NEON, and ``dotprod``,
+the same with the dot-product extension (Linux ``asimddp``: Cortex-A55, A76, A78, X1, Neoverse N1 and later;
+not Cortex-A53/A72, e.g. the Raspberry Pi 4), with which LLVM sums the bitserial kernels' byte popcounts by
+``udot`` instead of two widening adds per word.
 """
 
 from __future__ import annotations
@@ -96,19 +99,22 @@ def _resolve_x86(cpu: str, num_cores: int | None, _ndk: str | None) -> CompileTa
                          required_features=required)
 
 
-# Only the generic ARMv8-A core for ARM: an -mcpu would let LLVM use extensions (dotprod, LSE, ...) that
-# required_features does not record.
+# ARM CPUs as LLVM features on the generic ARMv8-A core, never an -mcpu: a named core would let LLVM use
+# extensions (LSE, fp16, ...) that required_features does not record. Linux's HWCAP name of each feature.
+_ARM_CPUS = {"generic": {"+neon": "asimd"}, "dotprod": {"+neon": "asimd", "+dotprod": "asimddp"}}
+
+
 def _resolve_aarch64(arch: str):
     def resolve(cpu: str, num_cores: int | None, ndk: str | None) -> CompileTarget:
         """aarch64 with NEON: 128-bit vectors, 4 uint32 / 4 float32 lanes; Linux calls NEON ``asimd``."""
         from .. import cross
 
-        target = {"kind": "llvm", "mtriple": TARGETS[arch].triple, "mattr": ["+neon"]}
+        target = {"kind": "llvm", "mtriple": TARGETS[arch].triple, "mattr": list(_ARM_CPUS[cpu])}
         if num_cores:
             target["num-cores"] = int(num_cores)
         # The NDK is checked here, before the long compile, not at link time.
         ndk = str(cross.ndk_root(ndk)) if arch == "android-arm64" else None
-        features = ("asimd",)
+        features = tuple(_ARM_CPUS[cpu].values())
         l1d, l2 = _ARM_CACHES
         return CompileTarget(arch, cpu, target, replace(schedule_for(features), l1d_bytes=l1d, l2_bytes=l2),
                              required_features=features, ndk=ndk)
@@ -143,9 +149,9 @@ class TargetEntry:
 
 TARGETS: dict[str, TargetEntry] = {entry.name: entry for entry in (
     TargetEntry("x86", "x86_64-linux-gnu", ("native", "znver4", "skylake-avx512", "haswell"), _resolve_x86),
-    TargetEntry("arm", "aarch64-linux-gnu", ("generic",), _resolve_aarch64("arm"), _linux_aarch64_linker,
+    TargetEntry("arm", "aarch64-linux-gnu", tuple(_ARM_CPUS), _resolve_aarch64("arm"), _linux_aarch64_linker,
                 emulator="qemu-aarch64", cross=True),
-    TargetEntry("android-arm64", "aarch64-linux-android", ("generic",), _resolve_aarch64("android-arm64"),
+    TargetEntry("android-arm64", "aarch64-linux-android", tuple(_ARM_CPUS), _resolve_aarch64("android-arm64"),
                 _android_linker, cross=True),
 )}
 ALL_CPUS = tuple(dict.fromkeys(cpu for entry in TARGETS.values() for cpu in entry.cpus))

@@ -43,7 +43,9 @@ CORES = {core.name: core for core in (
          512 / 3, 16),
     Core("neoverse-n1", "aarch64", "neoverse-n1", 2.5, 204.8, 64 * KIB, 1 * MIB, 32 * MIB, "AWS Graviton2", 256 / 3, 8),
     Core("xeon-kvm", "x86_64", "skylake-avx512", 3.76, 15.0, 48 * KIB, 2 * MIB, 0,
-         "this project's 2-core KVM Xeon (CPUID model 167), the calibration machine", 1024 / 3, 32),
+         "this project's 2-core KVM Xeon (CPUID model 167), a calibration machine", 1024 / 3, 32),
+    Core("epyc-kvm", "x86_64", "znver4", 3.64, 26.3, 32 * KIB, 1 * MIB, 32 * MIB,
+         "this project's 2-core KVM AMD EPYC (Zen 4, family 25 model 17), a calibration machine", 1024 / 3, 16),
 )}
 
 
