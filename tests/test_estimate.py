@@ -18,6 +18,9 @@ from .conftest import ARTIFACT_SIZE, SIM_PTH
 
 ESTIMATE_KEYS = {"core", "clock_ghz", "threads", "total_ms", "kernels"}
 KERNEL_KEYS = {"function", "binary_macs", "float_macs", "dram_bytes", "est_ms", "bound", "binary_macs_per_cycle"}
+# The float MACs the compiled graph does not have: fution convolves the mask once instead of over its 28 band
+# copies (56 -> 29 input channels, 28 outputs; lowering._fold_broadcast_channels)
+MASK_FOLD_MACS = (56 - 29) * 28 * ARTIFACT_SIZE * ARTIFACT_SIZE
 
 
 def _cli(*args):
@@ -227,7 +230,7 @@ def test_x86_estimate_and_measurement(x86_estimate, complexity64):
         assert k["roofline_fraction"] == pytest.approx(k["roofline_ms"] / k["measured_ms"])
     # the MAC counts are the model's (complexity.py: the PyTorch module tree with hooks)
     assert sum(k["binary_macs"] for k in report["kernels"]) == complexity64.macs_binary
-    assert sum(k["float_macs"] for k in report["kernels"]) == complexity64.macs_full
+    assert sum(k["float_macs"] for k in report["kernels"]) == complexity64.macs_full - MASK_FOLD_MACS
     assert report["total_ms"] == pytest.approx(sum(k["est_ms"] for k in report["kernels"]))
     # a sane estimate of this machine: within a factor 3 of what it measures (docs/estimate.md: +-30 % at 256)
     assert report["measured_total_ms"] / 3 < report["total_ms"] < 3 * report["measured_total_ms"]
@@ -243,7 +246,7 @@ def test_arm_estimate(arm_artifact, complexity64, tmp_path):
     assert ESTIMATE_KEYS <= set(report) and "measured_total_ms" not in report
     assert report["core"] == "cortex-a76" and report["threads"] == 4 and report["clock_ghz"] == 2.4
     assert sum(k["binary_macs"] for k in report["kernels"]) == complexity64.macs_binary
-    assert sum(k["float_macs"] for k in report["kernels"]) == complexity64.macs_full
+    assert sum(k["float_macs"] for k in report["kernels"]) == complexity64.macs_full - MASK_FOLD_MACS
     binary = [k for k in report["kernels"] if k["binary_macs"]]
     # NEON: 128-bit EOR + CNT + accumulate, two pipes: an A76 core cannot exceed ~128 binary MACs per cycle
     assert all(0 < k["binary_macs_per_cycle"] < 4 * 128 for k in binary)  # 4 threads
