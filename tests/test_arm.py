@@ -119,11 +119,14 @@ def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path, cpu):
     """The BiSR-Conv kernels with the NEON schedule (4 lanes, blocks of 4 vectors, popcount sums in the
     epilogue, the fused LayerNorm's per-pixel stages), run under qemu, give the x86 kernels' bits (which
     test_compile checks against the reference), also at odd sizes: rows of 3 and 5 vectors (blocks of 3 and
-    1), 7 channels, groups straddling words, tap-packed windows; ``--cpu dotprod`` sums the popcounts with
-    ``udot`` (the disassembly has no widening adds left) and records ``asimddp``."""
+    1), 7 channels, groups straddling words, tap-packed windows; rows of 16 pixels take the epilogue tables
+    (``neon.py``) of 16, 32, 48 and 64 entries (tbl over 1-4 registers: 12 and 28 channels 1x1, the
+    grouped 3x3 of 4 channels per group with its border shifts in rows of one and of three 16-pixel blocks,
+    56 channels 1x1); ``--cpu dotprod`` sums the
+    popcounts with ``udot`` (the disassembly has no widening adds left) and records ``asimddp``."""
     import tvm
 
-    from bisr_deploy.compile.bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc
+    from bisr_deploy.compile.bitserial import BiSRConvSpec, Fusion, bisrconv_primfunc, epilogue_lut_entries
     from bisr_deploy.compile.lowering import kernel_params
     from bisr_deploy.compile.targets import resolve_target
 
@@ -132,7 +135,10 @@ def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path, cpu):
     rng = np.random.default_rng(11)
     cases = [(40, 5, 12, 3, 4, Fusion(post=True)), (112, 4, 16, 3, 28, Fusion(post=True)),
              (28, 3, 20, 1, 1, Fusion("concat", norm_epsilon=1e-5)),
-             (7, 3, 20, 1, 1, Fusion("mean", split_input=True, residual=True)), (28, 6, 8, 3, 1, Fusion("concat"))]
+             (7, 3, 20, 1, 1, Fusion("mean", split_input=True, residual=True)), (28, 6, 8, 3, 1, Fusion("concat")),
+             (12, 2, 16, 1, 1, Fusion()), (28, 3, 32, 1, 1, Fusion("mean", residual=True)),
+             (28, 2, 16, 1, 1, Fusion("concat", norm_epsilon=1e-5)), (56, 2, 32, 1, 1, Fusion("concat", post=True)),
+             (16, 3, 48, 3, 4, Fusion(residual=True))]
     arm, x86 = resolve_target("arm", cpu), resolve_target("x86", "native")
     arrays, kernels = {}, {target.arch: {} for target in (arm, x86)}
     for k, (c, h, w, ks, group, fusion) in enumerate(cases):
@@ -140,7 +146,9 @@ def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path, cpu):
         spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p,) * 4, group)
         node = lambda inputs: type("Node", (), {"spec": spec, "inputs": inputs})  # noqa: E731
         layers = [random_case(rng, c, h, w, ks, group) for _ in range(fusion.layers)]
-        xs = [x for _, _, x in layers] if fusion.split_input else [layers[0][2]]
+        xs = [x for _, _, x in layers]
+        if not fusion.split_input:  # one X: a mean pair's layers read its two halves
+            xs = [np.concatenate(xs, axis=1)] if fusion.combine == "mean" else xs[:1]
         args = [*xs, *(v for _, inputs, _ in layers for v in kernel_params(node(inputs)).values())]
         if fusion.norm:
             args += [rng.standard_normal(c).astype(np.float32) for _ in range(2)]
@@ -153,10 +161,11 @@ def test_neon_bisrconv_kernels_equal_x86_bit_for_bit(arm_env, tmp_path, cpu):
         arrays.update({f"{name}/{i}": np.ascontiguousarray(a) for i, a in enumerate(args)})
         arrays[f"{name}/n"], arrays[f"{name}/shape"] = np.array(len(args)), np.array([1, c_out, h, w])
         for target in (arm, x86):
-            sc = target.schedule
-            kernels[target.arch][name] = bisrconv_primfunc(spec, sc.lanes, fusion, sc.row_band, sc.pixel_block,
-                                                           sc.shift_pack).with_attr("global_symbol", name)
-    assert arm.schedule.pixel_block == 4 and arm.schedule.shift_pack and not x86.schedule.shift_pack
+            kernels[target.arch][name] = bisrconv_primfunc(spec, target.schedule, fusion).with_attr(
+                "global_symbol", name)
+    assert arm.schedule.pixel_block == 4 and arm.schedule.pack == "sli" and x86.schedule.pack == "or"
+    assert [epilogue_lut_entries(BiSRConvSpec(1, c, h, w, (ks, ks), ((ks - 1) // 2,) * 4, group), arm.schedule)
+            for c, h, w, ks, group, _ in cases] == [0, 48, 0, 0, 0, 16, 32, 32, 64, 48]
     np.savez(tmp_path / "cases.npz", **arrays)
     tvm.compile(tvm.IRModule(kernels["arm"]), target=arm.tvm_target).export_library(
         str(tmp_path / "arm.so"), fcompile=cross.linux_fcompile())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
@@ -32,11 +33,11 @@ TARGET = resolve_target("x86", "native")
 
 
 def run_kernel(spec, inputs: dict, x: np.ndarray, target=TARGET, library: Path | None = None,
-               shift_pack: bool = False) -> np.ndarray:
+               pack: str = "or") -> np.ndarray:
     node_like = type("Node", (), {"spec": spec, "inputs": inputs})
     params = kernel_params(node_like)
-    lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, target.lanes, shift_pack=shift_pack)}),
-                      target=target.tvm_target)
+    schedule = dataclasses.replace(target.schedule, pack=pack)
+    lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, schedule)}), target=target.tvm_target)
     if library is not None:
         lib.export_library(str(library))
     out = tvm.runtime.empty(x.shape, "float32")
@@ -70,15 +71,16 @@ def random_case(rng, c, h, w, ks, group):
     (40, 6, 12, 3, 4),     # groups of 10 straddle the 32-bit word boundary; width 12 -> 4 lanes
     (28, 1, 8, 3, 1),      # one row: first and last row at once
 ])
-@pytest.mark.parametrize("shift_pack", [False, True], ids=["or-pack", "shift-pack"])
-def test_bisrconv_kernel_bit_exact(c, h, w, ks, group, shift_pack):
-    """Each layout against the reference, packed either way (``Schedule.shift_pack``: NEON's)."""
+@pytest.mark.parametrize("pack", ["or", "shift"])
+def test_bisrconv_kernel_bit_exact(c, h, w, ks, group, pack):
+    """Each layout against the reference, packed either way (``Schedule.pack``; NEON's ``sli`` is the shift
+    pack, checked against x86 in test_arm)."""
     rng = np.random.default_rng(c * 1000 + h)
     signs, inputs, x = random_case(rng, c, h, w, ks, group)
     x[0, 0, 0, :4] = -inputs["redist_bias"][0] / inputs["redist_scale"][0]  # k·x + b at or next to 0
     p = (ks - 1) // 2
     spec = BiSRConvSpec(1, c, h, w, (ks, ks), (p, p, p, p), group)
-    got = run_kernel(spec, inputs, x, shift_pack=shift_pack)
+    got = run_kernel(spec, inputs, x, pack=pack)
     want = bisrconv_op.reference(x, inputs, (ks, ks), (p,) * 4, group)
     np.testing.assert_array_equal(got, want)
 
@@ -137,7 +139,7 @@ def check_fused_kernels(c, h, w, ks, group, fusions, pixel_block=1):
             t = want + b0
             want = np.where(t > 0, t, slope * t) + b1
             args = args + [a[:want.shape[1]] for a in post]
-        func = bisrconv_primfunc(spec, TARGET.lanes, fusion, pixel_block=pixel_block)
+        func = bisrconv_primfunc(spec, dataclasses.replace(TARGET.schedule, pixel_block=pixel_block), fusion)
         lib = tvm.compile(tvm.IRModule({"bisrconv": func}), target=TARGET.tvm_target)
         out = tvm.runtime.empty(want.shape, "float32")
         lib["bisrconv"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [*xs, *args]), out)
@@ -174,7 +176,8 @@ def test_layer_norm_fused_into_pack_bit_exact(c, h, w):
     params = [*kernel_params(node(i1)).values(), *kernel_params(node(i2)).values()]
 
     def run(fusion, x_in, extra):
-        lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, TARGET.lanes, fusion)}), target=TARGET.tvm_target)
+        lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, TARGET.schedule, fusion)}),
+                          target=TARGET.tvm_target)
         out = tvm.runtime.empty((1, 2 * c, h, w), "float32")
         lib["bisrconv"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [x_in, *params, *extra]), out)
         return out.numpy()
@@ -190,7 +193,7 @@ def test_layer_norm_fused_into_pack_bit_exact(c, h, w):
     with pytest.raises(BisrError, match="unsupported fusion"):
         Fusion("mean", norm_epsilon=1e-5)
     with pytest.raises(BisrError, match="1x1 kernels only"):
-        bisrconv_primfunc(BiSRConvSpec(1, c, h, w, (3, 3), (1,) * 4, 1), TARGET.lanes, Fusion(norm_epsilon=1e-5))
+        bisrconv_primfunc(BiSRConvSpec(1, c, h, w, (3, 3), (1,) * 4, 1), TARGET.schedule, Fusion(norm_epsilon=1e-5))
 
 
 def test_import_fuses_bisrnets_patterns(artifact64):
@@ -263,7 +266,7 @@ def test_cpu_choice_picks_instruction_set(cpu, popcount, tmp_path):
     if missing:  # compile only: this machine cannot run the code
         node_like = type("Node", (), {"spec": spec, "inputs": inputs})
         kernel_params(node_like)
-        tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, target.lanes)}),
+        tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, target.schedule)}),
                     target=target.tvm_target).export_library(str(library))
     else:
         got = run_kernel(spec, inputs, x, target, library)

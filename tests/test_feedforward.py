@@ -3,6 +3,7 @@ per-layer kernels it replaces, per-band intermediates, and the band height rule.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -60,12 +61,13 @@ def test_feedforward_kernel_bit_identical_to_per_layer_kernels(dim, h, w, band, 
     spec = FeedForwardSpec(1, dim, h, w)
     x = (3 * rng.standard_normal((1, dim, h, w)) + rng.standard_normal((1, 1, h, w))).astype(np.float32)
     params = _stage_params(rng, spec)
-    fused = _run(feedforward_primfunc(spec, lanes, band, pixel_block), "feedforward",
+    schedule = dataclasses.replace(TARGET.schedule, lanes=lanes, pixel_block=pixel_block)
+    fused = _run(feedforward_primfunc(spec, schedule, band), "feedforward",
                  [x, *(p for stage in params for p in stage)], x.shape)
     y = x
     for (stage, fusion), stage_params in zip(spec.stages, params):
         residual = [x] if fusion.residual else []
-        y = _run(bisrconv_primfunc(stage, TARGET.lanes, fusion), "bisrconv", [y, *stage_params, *residual],
+        y = _run(bisrconv_primfunc(stage, TARGET.schedule, fusion), "bisrconv", [y, *stage_params, *residual],
                  (1, fusion.output_channels(stage), h, w))
     assert np.abs(y).max() > 0 and np.isfinite(y).all()
     assert np.abs(fused - y).max() == 0
@@ -75,7 +77,7 @@ def test_feedforward_intermediates_live_per_band():
     """Lowered TIR: the band loop is the outermost loop and parallel, and every intermediate of 2C/4C channels
     is allocated inside it with the band's rows only (band + 2 before the 3x3, band after it)."""
     spec, band = FeedForwardSpec(1, 28, 64, 32), 4
-    mod = tvm.IRModule({"main": feedforward_primfunc(spec, TARGET.lanes, band)})
+    mod = tvm.IRModule({"main": feedforward_primfunc(spec, TARGET.schedule, band)})
     lowered = tvm.transform.Sequential([tvm.s_tir.transform.LowerInitBlock(),
                                         tvm.s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
                                         tvm.s_tir.transform.ConvertBlocksToOpaque(),

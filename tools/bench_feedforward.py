@@ -59,10 +59,9 @@ def main(argv=None) -> int:
     schedule = target.schedule
     spec = FeedForwardSpec(1, args.dim, args.height, args.width)
     chosen = band_rows(spec, schedule)
-    stages = [bisrconv_primfunc(stage, schedule.lanes, fusion, schedule.row_band, schedule.pixel_block)
-              for stage, fusion in spec.stages]
+    stages = [bisrconv_primfunc(stage, schedule, fusion) for stage, fusion in spec.stages]
     bands = {f"band {band}{' (band_rows)' if band == chosen else ''}":
-             feedforward_primfunc(spec, schedule.lanes, band, schedule.pixel_block)
+             feedforward_primfunc(spec, schedule, band)
              for band in sorted({*(int(b) for b in args.bands.split(",")), chosen})}
     where = f"FeedForward {args.dim} x {args.height} x {args.width}, {target.arch} {target.cpu} (L2 {schedule.l2_bytes >> 10} KiB)"
     if core:

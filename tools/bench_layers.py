@@ -42,7 +42,7 @@ def bitserial_ms(spec, target, repeat: int, rng) -> float:
 
     from bisr_deploy.compile.bitserial import bisrconv_primfunc, prepare_weights
 
-    lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, target.lanes)}), target=target.tvm_target)
+    lib = tvm.compile(tvm.IRModule({"bisrconv": bisrconv_primfunc(spec, target.schedule)}), target=target.tvm_target)
     c, kh, kw = spec.channels, *spec.kernel
     bits = np.packbits(rng.random((c, spec.group_channels * kh * kw)) > 0.5, axis=1, bitorder="little")
     prepared = prepare_weights(spec, bits)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..compile.bitserial import WORD_BITS, BiSRConvSpec, bisrconv_primfunc
+from ..compile.schedule import Schedule
 from ..errors import BisrError
 
 KERNEL_SYMBOL = "bisrconv"  # global symbol of bisrconv_primfunc
@@ -160,7 +161,7 @@ def popcounts_per_output(spec: BiSRConvSpec, tvm_target: dict, lanes: int) -> di
     ``"vector_ops_per_output"`` (popcounts per output element) and ``"ideal_words"``."""
     import tvm_ffi
 
-    counts = tir_popcounts(lower(bisrconv_primfunc(spec, lanes), tvm_target))
+    counts = tir_popcounts(lower(bisrconv_primfunc(spec, Schedule(lanes=lanes)), tvm_target))
     if len(counts) != 1:
         raise BisrError(f"expected one popcount type in the kernel, found {dict(counts)}")
     (dtype, ops), = counts.items()
@@ -175,7 +176,7 @@ def compile_object(spec: BiSRConvSpec, tvm_target: dict, lanes: int, path: str |
     import tvm
 
     try:
-        module = tvm.tirx.build(bisrconv_primfunc(spec, lanes), target=tvm.target.Target(tvm_target))
+        module = tvm.tirx.build(bisrconv_primfunc(spec, Schedule(lanes=lanes)), target=tvm.target.Target(tvm_target))
     except Exception as exc:  # noqa: BLE001 - TVM raises many kinds; one line for the user
         raise BisrError(f"TVM build failed: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
     module.write_to_file(str(path))

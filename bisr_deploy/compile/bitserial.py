@@ -208,36 +208,63 @@ class Fusion:
         return 2 * spec.channels if self.combine == "concat" else spec.channels
 
 
-LUT_LANES = 16  # AVX-512's vpermi2ps: 16 float32 lanes, each picks one of 32 table entries
+LUT_LANES = 16  # AVX-512's vpermi2ps: 16 float32 lanes, each picks one of 32 table entries; NEON's tbl: 16 byte
+# indices (pixels) per lookup
 
 
-def epilogue_lut_entries(spec: BiSRConvSpec, lanes: int) -> int:
-    """Entries of the kernel's epilogue table (``bisrconv_compute``'s ``lut_entries``): 32 or 64 where the
-    K + 1 values of an output's popcount sum (K = Cg·KH·KW: BiSRNet's 1x1 kernels of 28 and 56 channels
-    and its grouped 3x3 of 4 channels per group) index a table in vector registers with AVX-512's
-    ``vpermi2ps`` (the kernel vectorised in 16 float32 lanes: ``lanes`` 16 and the row a multiple of 16),
-    else 0 (the float path). A padded kernel needs an even Cg: its border pixels' sums then shift the index
-    by whole entries."""
+def epilogue_lut_entries(spec: BiSRConvSpec, schedule: Schedule) -> int:
+    """Entries of the kernel's epilogue table (``bisrconv_compute``'s ``lut_entries``), 0 for the float path.
+    The K + 1 values of an output's popcount sum (K = Cg·KH·KW: BiSRNet's 1x1 kernels of 28 and 56 channels and
+    its grouped 3x3 of 4 channels per group) index a per-channel table when K < 64:
+
+    * ``schedule.epilogue_table == "vpermi2ps"`` (AVX-512): 32 or 64 entries in vector registers, picked by
+      ``vpermi2ps`` (the kernel vectorised in 16 float32 lanes: ``lanes`` 16 and the row a multiple of 16);
+    * ``"tbl"`` (NEON): K + 1 rounded up to 16, 32, 48 or 64 entries, the tables' byte planes looked up by
+      ``tbl`` over 1-4 registers for 16 pixels at once (``neon.py``): the row a multiple of 16 and one
+      iteration of the epilogue computing 16 pixels (``lanes`` x ``pixel_block``).
+
+    A padded kernel needs an even Cg: its border pixels' sums then shift the index by whole entries."""
     taps = spec.group_channels * spec.kernel[0] * spec.kernel[1]
-    if vector_lanes(spec.width, lanes) != LUT_LANES or (spec.padded and spec.group_channels % 2):
+    if taps >= 64 or (spec.padded and spec.group_channels % 2):
         return 0
-    return next((entries for entries in (32, 64) if taps < entries), 0)
+    if schedule.epilogue_table == "vpermi2ps" and vector_lanes(spec.width, schedule.lanes) == LUT_LANES:
+        return 32 if taps < 32 else 64
+    if (schedule.epilogue_table == "tbl" and spec.width % LUT_LANES == 0
+            and schedule.lanes * schedule.pixel_block == LUT_LANES):
+        return -(-(taps + 1) // LUT_LANES) * LUT_LANES
+    return 0
+
+
+def border_block(spec: BiSRConvSpec, schedule: Schedule | None) -> int:
+    """Pixels per block of a padded kernel's border tables (``Schedule.border_blocks``): the pixels of one
+    iteration of its epilogue (``lanes`` x ``pixel_block``) when they divide the row, else 0 (the per-pixel
+    selects of ``border_bound``). Only a row's first and last column see the left and right padding, so per
+    row class a block table holds, for each lane of the row's first, inner and last block (kinds 0, 1, 2),
+    what that lane needs: one vector load per block instead of compares and selects per pixel."""
+    if schedule is None or not (schedule.border_blocks and spec.padded):
+        return 0
+    block = schedule.lanes * schedule.pixel_block
+    return block if spec.width % block == 0 else 0
 
 
 def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, residual=None, prefix: str = "",
-                     lut_entries: int = 0, shift_pack: bool = False):
+                     schedule: Schedule | None = None):
     """TE tensors of the fused operator: returns (inputs, output Y). ``inputs`` are the placeholders it
     creates, in argument order; ``xs`` (the X tensors) and ``residual`` (R), if given, are existing TE
     tensors of those shapes (another kernel's stages: ``feedforward.py``) and are not among them. ``prefix``
-    starts the name of every stage and placeholder (stages of several layers in one function).
+    starts the name of every stage and placeholder (stages of several layers in one function). ``schedule``
+    (None: neither of the two options below) chooses the epilogue table and the pack.
 
-    ``lut_entries`` (``epilogue_lut_entries``; AVX-512): steps 4-5 of the contract are a function of ``acc``
-    alone, so a stage ``lut`` [layers, C, lut_entries] computes them once per call with the same float32
-    expression for acc = T_0 − 2i (T_0 = ``table[o, 0, 0]``, the interior's all-valid K; i = 0..K), and the
-    epilogue looks r up in vector registers (``vpermi2ps``, one per 32 entries) at i = S + (T_0 − T)/2 (S
-    itself inside the image) instead of computing it per pixel: the same bits, ~6-9 vector instructions per
-    output fewer. The lookup is written per 16-lane vector (the table's lane ``xx % 16``): the kernel must be
-    vectorised in 16 lanes along W (``schedule_stages`` does).
+    Epilogue tables (``epilogue_lut_entries(spec, schedule)`` entries): steps 4-5 of the contract are a
+    function of ``acc`` alone, so a stage ``lut`` [layers, C, entries] computes them once per call with the
+    same float32 expression for acc = T_0 − 2i (T_0 = ``table[o, 0, 0]``, the interior's all-valid K; i =
+    0..K), and the epilogue looks r up at i = S + (T_0 − T)/2 (S itself inside the image) instead of computing
+    it per pixel: the same bits, ~6-9 vector instructions per output fewer. AVX-512 (``"vpermi2ps"``) looks up
+    in vector registers, one ``vpermi2ps`` per 32 entries, written per 16-lane vector (the table's lane ``xx %
+    16``): the kernel must be vectorised in 16 lanes along W (``schedule_stages`` does). NEON (``"tbl"``) has
+    stages ``lut_bytes`` [layers, C, 4, entries] (byte j of each entry, a plane per j), ``lut_index`` [N,
+    layers, C, H, W] (i as uint8) and ``lookup`` [N, layers, C, H, W] (r: the float32 of the four planes'
+    bytes at i), whose 16-pixel loops ``neon.vectorize`` turns into ``tbl`` lookups.
 
     ``fusion.combine`` fuses BiSRNet's pairs of BiSRConvs (two layers of the same ``spec``, one kernel, the
     pair's packed planes stacked as planes ``l·words + p``):
@@ -253,9 +280,9 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
     ``residual``, then ``POST_NAMES`` if ``post`` (float32 [C_out] each): the RPReLU that follows in the
     graph, ``Y = PReLU(Y + bias_in) + bias_out``. The arithmetic is the graph's, float32 op by op.
 
-    ``shift_pack`` (``Schedule.shift_pack``): the pack builds each word from its last channel down, ``word =
+    ``schedule.pack`` ``"shift"`` or ``"sli"``: the pack builds each word from its last channel down, ``word =
     (word << 1) | bit``, instead of or-ing ``bit << c`` terms (NEON: no constant per channel to keep or
-    rematerialise); the same words.
+    rematerialise; ``"sli"``: ``neon.vectorize`` emits it as ``sli``); the same words.
 
     ``fusion.norm`` (the LayerNorm before a FusionUp): the kernel takes the LayerNorm's input as X, and
     ``NORM_NAMES`` (gamma, beta [C]) after the layers' parameters; the sign and the layers' residual read
@@ -270,6 +297,9 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
     words, nwg = spec.words, spec.group_words
     n_layers = fusion.layers
     u32 = "uint32"
+    lut_entries = epilogue_lut_entries(spec, schedule) if schedule else 0
+    neon_tables = lut_entries and schedule.epilogue_table == "tbl"
+    shift_pack = schedule is not None and schedule.pack in ("shift", "sli")
 
     if xs is not None:
         inputs = []
@@ -365,12 +395,37 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
 
     mismatches = te.compute((n_, n_layers, c, h, w), conv, name=f"{prefix}conv")
 
+    def row_class_of(y):
+        """The table's row class of output row y: 1 the first row, 2 the last, 3 both, 0 inside."""
+        return tirx.Select(y == 0, 1, 0) + tirx.Select(y == h - 1, 2, 0)
+
+    bblock = border_block(spec, schedule)
+    if bblock:
+        def block_table(value, dtype, name):
+            """Stage [layers, C, row class, kind, lane] of ``value(l, o, row class, column class)`` (``border_block``)."""
+            def at(l, o, row_class, kind, lane):
+                x = tirx.Select(kind == 0, lane, tirx.Select(kind == 2, w - bblock + lane, bblock + lane))
+                return value(l, o, row_class, tirx.Select(x == 0, 1, 0) + tirx.Select(x == w - 1, 2, 0)).astype(dtype)
+
+            return te.compute((n_layers, c, 4, 3, bblock), at, name=f"{prefix}{name}")
+
+        def block_entry(table, l, o, y, xx):
+            """``table`` at pixel (y, xx): its row class, its block's kind, its lane."""
+            block = xx // bblock
+            kind = tirx.Select(block == 0, 0, tirx.Select(block == w // bblock - 1, 2, 1))
+            return table[l, o, row_class_of(y), kind, xx % bblock]
+
+        if not neon_tables:  # the bound T itself (the tables take a shift instead: ``neon_index``)
+            bounds = block_table(lambda l, o, rc, cc: param("table", l, o, rc, cc), "int32", "border")
+
     def border_bound(l, o, y, xx):
         """``T[o, row class, column class]``; a kernel without padding has every tap valid at every pixel, so
         its table holds one value per channel (no per-pixel selects)."""
         if not spec.padded:
             return param("table", l, o, 0, 0)
-        row_class = tirx.Select(y == 0, 1, 0) + tirx.Select(y == h - 1, 2, 0)
+        if bblock:
+            return block_entry(bounds, l, o, y, xx)
+        row_class = row_class_of(y)
         first, last = xx == 0, xx == w - 1
         return tirx.Select(first, tirx.Select(last, param("table", l, o, row_class, 3), param("table", l, o, row_class, 1)),
                            tirx.Select(last, param("table", l, o, row_class, 2), param("table", l, o, row_class, 0)))
@@ -399,12 +454,37 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
 
         return permute(0) if lut_entries == 32 else tirx.Select(sums < 32, permute(0), permute(32))
 
+    def lut_index(n, l, o, y, xx):
+        """i of acc = T_0 − 2i: acc = T − 2S = T_0 − 2(S + (T_0 − T)/2), T_0 − T even (an even Cg)."""
+        index = mismatches[n, l, o, y, xx]
+        if spec.padded:
+            index = index + ((param("table", l, o, 0, 0) - border_bound(l, o, y, xx)) >> 1)
+        return index
+
+    if neon_tables:
+        from .neon import float_of_bytes
+
+        lut_bytes = te.compute((n_layers, c, 4, lut_entries), lambda l, o, j, i: (
+            (tirx.reinterpret(u32, lut[l, o, i]) >> (8 * j).astype(u32)) & tirx.const(255, u32)).astype("uint8"),
+            name=f"{prefix}lut_bytes")
+        if bblock:  # the index shift (T_0 − T)/2 per block lane, added to the popcount sums as bytes
+            shifts = block_table(lambda l, o, rc, cc: (param("table", l, o, 0, 0) - param("table", l, o, rc, cc)) >> 1,
+                                 "uint8", "lut_shift")
+
+        def neon_index(n, l, o, y, xx):
+            if not bblock:
+                return lut_index(n, l, o, y, xx).astype("uint8")
+            return mismatches[n, l, o, y, xx].astype("uint8") + block_entry(shifts, l, o, y, xx)
+
+        indices = te.compute((n_, n_layers, c, h, w), neon_index, name=f"{prefix}lut_index")
+        looked = te.compute((n_, n_layers, c, h, w), lambda n, l, o, y, xx: float_of_bytes(
+            [lut_bytes[l, o, j, indices[n, l, o, y, xx]] for j in range(4)]), name=f"{prefix}lookup")
+
     def layer_output(n, l, o, y, xx):
-        if lut_entries:
-            index = mismatches[n, l, o, y, xx]
-            if spec.padded:  # acc = T − 2S = T_0 − 2(S + (T_0 − T)/2), T_0 − T even (an even Cg)
-                index = index + ((param("table", l, o, 0, 0) - border_bound(l, o, y, xx)) >> 1)
-            r = looked_up(l, o, index, xx)
+        if neon_tables:
+            r = looked[n, l, o, y, xx]
+        elif lut_entries:
+            r = looked_up(l, o, lut_index(n, l, o, y, xx), xx)
         else:
             r = scaled_rprelu(l, o, border_bound(l, o, y, xx) - 2 * mismatches[n, l, o, y, xx])
         return x_at(n, l, o, y, xx) + r
@@ -539,25 +619,32 @@ def _layer_norm_at(sch, rows, lanes: int, prefix: str = "") -> None:
         sch.vectorize(sch.get_loops(init)[-1])
 
 
-def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix: str = "", band=None,
-                    row_band: int = Schedule.row_band, pixel_block: int = Schedule.pixel_block) -> None:
-    """Schedule the blocks of one ``bisrconv_compute(spec, fusion, prefix=prefix)``: vectorised along W with
-    ``lanes`` uint32 lanes, the popcount sums inlined into the epilogue (in registers, taps unrolled; a
-    ``mean`` pair has both layers'), one iteration of the innermost loop computing ``pixel_block`` vectors of
-    pixels (register blocking; lowered to the largest divisor of the row's vectors not above it); a 1x1 packs
-    (and normalises) each row right before its convolution.
+def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, schedule: Schedule, prefix: str = "",
+                    band=None) -> None:
+    """Schedule the blocks of one ``bisrconv_compute(spec, fusion, prefix=prefix, schedule=schedule)``:
+    vectorised along W with ``schedule.lanes`` uint32 lanes, the popcount sums inlined into the epilogue (in
+    registers, taps unrolled; a ``mean`` pair has both layers'), one iteration of the innermost loop computing
+    ``schedule.pixel_block`` vectors of pixels (register blocking; lowered to the largest divisor of the row's
+    vectors not above it); a 1x1 packs (and normalises) each row right before its convolution. NEON's epilogue
+    tables: the indices and the lookup of each 16 pixels right before their epilogue (``neon.py``).
 
-    ``band`` None: the kernel alone — rows in parallel; a KxK runs in parallel bands of ``row_band`` rows, each
-    packing and padding its rows plus the window's neighbours. ``band``: a loop the epilogue is already
-    computed at (a band of a larger kernel, ``feedforward.py``; the caller parallelises it): the rows run
-    under it, and a KxK packs and pads the band's rows there."""
-    lut_entries = epilogue_lut_entries(spec, lanes)
-    lanes = vector_lanes(spec.width, lanes)
+    ``band`` None: the kernel alone — rows in parallel; a KxK runs in parallel bands of ``schedule.row_band``
+    rows, each packing and padding its rows plus the window's neighbours. ``band``: a loop the epilogue is
+    already computed at (a band of a larger kernel, ``feedforward.py``; the caller parallelises it): the rows
+    run under it, and a KxK packs and pads the band's rows there."""
+    lut_entries = epilogue_lut_entries(spec, schedule)
+    neon_tables = lut_entries and schedule.epilogue_table == "tbl"
+    lanes, pixel_block = vector_lanes(spec.width, schedule.lanes), schedule.pixel_block
     block = lambda name: sch.get_sblock(prefix + name)  # noqa: E731
     pack, epi, conv = block("pack"), block("epilogue"), block("conv")
     if lut_entries:  # the table: once per call, at the root
         *_, k = sch.get_loops(block("lut"))
+        sch.vectorize(sch.split(k, [None, lanes])[1])
+    if neon_tables:  # its byte planes, likewise
+        *_, k = sch.get_loops(block("lut_bytes"))
         sch.vectorize(sch.split(k, [None, LUT_LANES])[1])
+    if border_block(spec, schedule):  # the border table: once per call, at the root
+        sch.vectorize(sch.get_loops(block("lut_shift" if neon_tables else "border"))[-1])
     xb = max(d for d in range(1, pixel_block + 1) if spec.width % (d * lanes) == 0)
     loops = sch.get_loops(epi) if band is None else loops_below(sch, epi, band)
     if len(loops) == 4:  # (n, o, y, x)
@@ -575,13 +662,21 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
     if fusion.combine == "concat":  # the two layers' channels as two copies of the channel loop, each reading
         # its own layer's parameters (no per-pixel select between the layers' buffers: their loads stay hoisted)
         sch.unroll(sch.split(o, [fusion.layers, None])[0])
+    if neon_tables:  # each 16 pixels' table indices and lookups just before their epilogue (consumers first)
+        for name in ("lookup", "lut_index"):
+            sch.compute_at(block(name), xo)
+            *above, x16 = loops_below(sch, block(name), xo)
+            for loop in above:  # the layers of a mean pair
+                sch.unroll(loop)
+            if name == "lut_index":
+                sch.vectorize(x16)
     sch.compute_inline(conv)
     if band is not None:
         outer = band
     elif spec.padded:  # KxK: bands of row_band output rows; each packs and pads its rows (+ the window's
         # neighbours, recomputed by the next band) just before its convolutions, so X's rows are still in
         # cache for the residual
-        outer, rows = sch.split(rows, [None, row_band])
+        outer, rows = sch.split(rows, [None, schedule.row_band])
     else:
         outer = rows
     if spec.tap_words:  # each row's windows just before its convolution (they stay in cache), every butterfly
@@ -591,14 +686,16 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
         last = stages[-1]
         sch.compute_at(last, rows, preserve_unit_loops=True)
         below = loops_below(sch, last, rows)  # (n, plane, t, k, y, x)
-        k, xx = below[-3], below[-1]
+        t, k, xx = below[-4], below[-3], below[-1]
         xo, xi = sch.split(xx, [None, lanes])
-        sch.reorder(xo, k, xi)
+        sch.reorder(xo, t, k, xi)
+        sch.unroll(t)
         sch.unroll(k)
         sch.vectorize(xi)
         for stage in reversed(stages[:-1]):
             sch.compute_at(stage, xo, preserve_unit_loops=True)
             below = loops_below(sch, stage, xo)
+            sch.unroll(below[-4])
             sch.unroll(below[-3])
             sch.vectorize(below[-1])
     if spec.padded:
@@ -621,18 +718,18 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, lanes: int, prefix:
         _layer_norm_at(sch, rows, lanes, prefix)
 
 
-def bisrconv_primfunc(spec: BiSRConvSpec, lanes: int = 16, fusion: Fusion = Fusion(),
-                      row_band: int = Schedule.row_band, pixel_block: int = Schedule.pixel_block,
-                      shift_pack: bool = Schedule.shift_pack):
-    """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y):
-    vectorised along W with ``lanes`` uint32 lanes (16 = one zmm, 8 = one ymm), rows in parallel
-    (``schedule_stages``)."""
+def bisrconv_primfunc(spec: BiSRConvSpec, schedule: Schedule, fusion: Fusion = Fusion()):
+    """The scheduled ``PrimFunc`` (params: the inputs of ``bisrconv_compute(spec, fusion)``, then Y) for a
+    target's ``schedule``: vectorised along W with ``schedule.lanes`` uint32 lanes (16 = one zmm, 8 = one ymm,
+    4 = one NEON q register), rows in parallel (``schedule_stages``)."""
     from tvm import s_tir, te
+
+    from . import neon
 
     if fusion.norm and spec.padded:
         raise BisrError(f"BiSRConv kernel: a LayerNorm fuses into 1x1 kernels only, not {list(spec.kernel)}")
-    inputs, output = bisrconv_compute(spec, fusion, lut_entries=epilogue_lut_entries(spec, lanes), shift_pack=shift_pack)
+    inputs, output = bisrconv_compute(spec, fusion, schedule=schedule)
     func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "bisrconv")
     sch = s_tir.Schedule(func)
-    schedule_stages(sch, spec, fusion, lanes, row_band=row_band, pixel_block=pixel_block)
-    return sch.mod["main"]
+    schedule_stages(sch, spec, fusion, schedule)
+    return neon.vectorize(sch.mod["main"], schedule)

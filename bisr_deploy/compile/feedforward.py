@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .bitserial import (DEFAULT_NORM_EPSILON, BiSRConvSpec, Fusion, bisrconv_compute, epilogue_lut_entries,
-                        schedule_stages)
+from .bitserial import DEFAULT_NORM_EPSILON, BiSRConvSpec, Fusion, bisrconv_compute, schedule_stages
 from .schedule import Schedule
 
 # A band's working set (band_bytes: the busiest stage's input and output rows) may take this fraction of one
@@ -84,30 +83,32 @@ def band_rows(spec: FeedForwardSpec, schedule: Schedule) -> int:
     return rows
 
 
-def feedforward_compute(spec: FeedForwardSpec, lanes: int = 0):
+def feedforward_compute(spec: FeedForwardSpec, schedule: Schedule | None = None):
     """TE tensors of the whole FeedForward: (inputs, Y). Inputs: X, then each stage's own inputs in its
     kernel's argument order without X (layer parameters, LayerNorm gamma and beta, RPReLU) and without the
-    last stage's R (it is X). ``lanes``: the vector lanes it is built for (the stages' epilogue tables,
-    ``bitserial.epilogue_lut_entries``; 0: none)."""
+    last stage's R (it is X). ``schedule``: the target's, which chooses the stages' epilogue tables and pack
+    (``bitserial.bisrconv_compute``; None: neither)."""
     from tvm import te
 
     x = te.placeholder((spec.batch, spec.dim, spec.height, spec.width), "float32", name="X")
     inputs, y = [x], x
     for k, (stage, fusion) in enumerate(spec.stages, 1):
         own, y = bisrconv_compute(stage, fusion, xs=[y], residual=x if fusion.residual else None, prefix=f"s{k}_",
-                                  lut_entries=epilogue_lut_entries(stage, lanes))
+                                  schedule=schedule)
         inputs += own
     return inputs, y
 
 
-def feedforward_primfunc(spec: FeedForwardSpec, lanes: int, band: int, pixel_block: int = Schedule.pixel_block):
+def feedforward_primfunc(spec: FeedForwardSpec, schedule: Schedule, band: int):
     """The scheduled ``PrimFunc`` (params: ``feedforward_compute``'s inputs, then Y): bands of ``band`` output
     rows (of every image of the batch) in parallel; per band, stage 4 down to 1 computed just before the
-    stage that reads them (``compute_at``: consumers first), each with its own schedule (``lanes``,
-    ``pixel_block``: ``bitserial.schedule_stages``)."""
+    stage that reads them (``compute_at``: consumers first), each scheduled for the target's ``schedule``
+    (``bitserial.schedule_stages``)."""
     from tvm import s_tir, te
 
-    inputs, output = feedforward_compute(spec, lanes)
+    from . import neon
+
+    inputs, output = feedforward_compute(spec, schedule)
     func = te.create_prim_func([*inputs, output]).with_attr("global_symbol", "feedforward")
     sch = s_tir.Schedule(func)
     stages = spec.stages
@@ -120,11 +121,11 @@ def feedforward_primfunc(spec: FeedForwardSpec, lanes: int, band: int, pixel_blo
         prefix = f"s{k}_"
         if k < len(stages):
             sch.compute_at(sch.get_sblock(prefix + "epilogue"), bands, preserve_unit_loops=True)
-        schedule_stages(sch, *stages[k - 1], lanes, prefix, band=bands, pixel_block=pixel_block)
+        schedule_stages(sch, *stages[k - 1], schedule, prefix, band=bands)
     # The rows before the 3x3 are clamped at the image border, a region TVM's buffer compaction cannot shrink:
     # a band touches at most band + 2 consecutive rows of them, so row y is stored at y mod (band + 2).
     halo = min(band + 2, spec.height)
     for name in ("s1_epilogue", "s2_epilogue", "s3_pack"):
         sch.transform_layout(sch.get_sblock(name), ("write", 0), lambda n, c, y, x: (n, c, y % halo, x),
                              assume_injective_transform=True)
-    return sch.mod["main"]
+    return neon.vectorize(sch.mod["main"], schedule)

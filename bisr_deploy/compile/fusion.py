@@ -59,8 +59,7 @@ def fusion_class():
             name = f"bisrconv_{dims}{fusion.suffix}"
             schedule = self.state.schedule
             gv = self._kernel(("bisrconv", spec, fusion),
-                              lambda: bisrconv_primfunc(spec, schedule.lanes, fusion, schedule.row_band,
-                                                        schedule.pixel_block, schedule.shift_pack), name)
+                              lambda: bisrconv_primfunc(spec, schedule, fusion), name)
             self.state.bisr_kernels[name] = (spec, fusion)
             self._record(LayerInfo(name, "bisrconv_fused", spec, name, self._members(args), fusion))
             out = [spec.batch, fusion.output_channels(spec), spec.height, spec.width]
@@ -178,7 +177,7 @@ def fusion_class():
             schedule = self.state.schedule
             band = band_rows(ff, schedule)
             gv = self._kernel(("feedforward", ff, band),
-                              lambda: feedforward_primfunc(ff, schedule.lanes, band, schedule.pixel_block), ff.name)
+                              lambda: feedforward_primfunc(ff, schedule, band), ff.name)
             call_args = [x, *(a for _, _, params, extras in chain for a in (*params, *extras))]
             self._record(LayerInfo(ff.name, "bisrconv_feedforward", ff, ff.name, self._members(call_args),
                                    band_rows=band))

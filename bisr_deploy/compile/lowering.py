@@ -238,9 +238,7 @@ def lowering_class():
             name = "bisrconv_" + "x".join(str(v) for v in (spec.channels, spec.height, spec.width, *spec.kernel, spec.group))
             schedule = self.state.schedule
             gv = self._kernel(("bisrconv", spec),
-                              lambda: bisrconv_primfunc(spec, schedule.lanes, row_band=schedule.row_band,
-                                                        pixel_block=schedule.pixel_block,
-                                                        shift_pack=schedule.shift_pack), name)
+                              lambda: bisrconv_primfunc(spec, schedule), name)
             self.state.bisr_kernels[name] = (spec, Fusion())
             self.state.layers.append(LayerInfo(node.name, "bisrconv", spec, name))
             return relax.call_tir(gv, [x, *args], relax.TensorType(shape, "float32"))

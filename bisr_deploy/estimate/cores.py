@@ -46,6 +46,8 @@ CORES = {core.name: core for core in (
          "this project's 2-core KVM Xeon (CPUID model 167), a calibration machine", 1024 / 3, 32),
     Core("epyc-kvm", "x86_64", "znver4", 3.64, 26.3, 32 * KIB, 1 * MIB, 32 * MIB,
          "this project's 2-core KVM AMD EPYC (Zen 4, family 25 model 17), a calibration machine", 1024 / 3, 16),
+    Core("epyc-zen3-kvm", "x86_64", "znver3", 3.20, 34.1, 32 * KIB, 512 * KIB, 32 * MIB,
+         "this project's 2-core KVM AMD EPYC (Zen 3, family 25 model 1, AVX2), a calibration machine", 128, 16),
 )}
 
 
