@@ -39,8 +39,9 @@ def _cpuinfo_field(name: str) -> str | None:
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
     return None
@@ -85,6 +86,14 @@ def host_cache_bytes() -> dict[str, int]:
 def cpu_model_name() -> str:
     """This machine's CPU model, as /proc/cpuinfo names it (else what ``platform`` knows), for reports."""
     return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_id() -> tuple[str, int, int] | None:
+    """(vendor, family, model) of this machine's CPU as /proc/cpuinfo gives them (x86), else None."""
+    fields = [_cpuinfo_field(name) for name in ("vendor_id", "cpu family", "model")]
+    if None in fields or not fields[1].isdigit() or not fields[2].isdigit():
+        return None
+    return fields[0], int(fields[1]), int(fields[2])
 
 
 def check_runnable(triple: str, required_features, where: str = "this artifact") -> None:

@@ -186,6 +186,20 @@ def test_core_list_and_unknown_core():
         core_by_name("pentium")
 
 
+def test_host_core_is_the_calibration_core_of_this_cpu(monkeypatch):
+    """``host_core`` (tools/estimate_table.py's default --core) matches the CPU's (vendor, family, model)."""
+    from bisr_deploy import hostcpu
+    from bisr_deploy.estimate.cores import host_core
+
+    monkeypatch.setattr(hostcpu, "cpu_id", lambda: ("AuthenticAMD", 25, 1))
+    assert host_core().name == "epyc-zen3-kvm" and host_core().mcpu == "znver3"
+    monkeypatch.setattr(hostcpu, "cpu_id", lambda: ("GenuineIntel", 6, 167))
+    assert host_core().name == "xeon-kvm"
+    for unknown in (("AuthenticAMD", 25, 97), None):
+        monkeypatch.setattr(hostcpu, "cpu_id", lambda: unknown)
+        assert host_core() is None
+
+
 def test_bad_artifacts_are_refused(tmp_path):
     _refused(_cli(tmp_path / "missing", "--core", "cortex-a76"), "not a directory")
     _refused(_cli(tmp_path, "--core", "cortex-a76"), "not a bisr-deploy artifact")

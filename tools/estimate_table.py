@@ -1,6 +1,6 @@
 """The tables of docs/estimate.md: calibration on this machine and the ARM estimates, as Markdown.
 
-    python tools/estimate_table.py --x86 ART_X86 --arm ART_ARM [--core epyc-kvm] [--json DIR]
+    python tools/estimate_table.py --x86 ART_X86 --arm ART_ARM [--core epyc-zen3-kvm] [--json DIR]
 
 ``--x86``: an x86 artifact (256 x 256 for the docs) that this machine runs: ``estimate --measure`` at 1 thread
 on ``--core``, printed as the total and the 10 largest kernels, estimate vs measured with the error of each;
@@ -20,8 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bisr_deploy.estimate.cores import core_by_name  # noqa: E402
-from bisr_deploy.hostcpu import cpu_model_name  # noqa: E402
+from bisr_deploy.estimate.cores import core_by_name, host_core  # noqa: E402
 from bisr_deploy.estimate.network import estimate, measure_artifact, prepare_artifact, write_json  # noqa: E402
 
 ARM_RUNS = (("cortex-a76", 1), ("cortex-a76", 4), ("cortex-a55", 1), ("cortex-a55", 4))
@@ -91,13 +90,15 @@ def main() -> None:
     parser.add_argument("--x86", help="x86 artifact to calibrate on (this machine must run it)")
     parser.add_argument("--arm", help="ARM artifact to estimate")
     parser.add_argument("--core", default=None, help="core of this machine (estimate --core list; default: "
-                        "epyc-kvm on the AMD EPYC development machine, else xeon-kvm)")
+                        "the calibration core whose CPU this machine has, estimate.cores.host_core)")
     parser.add_argument("--json", type=Path, default=None, help="directory for the JSON reports (created)")
     args = parser.parse_args()
     if args.json:
         args.json.mkdir(parents=True, exist_ok=True)
     if args.x86:
-        core = args.core or ("epyc-kvm" if "EPYC" in cpu_model_name() else "xeon-kvm")
+        core = args.core or getattr(host_core(), "name", None)
+        if core is None:
+            parser.error("this machine is none of the calibration cores (estimate --core list): name one with --core")
         print(calibration(args.x86, core, args.json), end="\n\n", flush=True)
     if args.arm:
         print(arm_figures(args.arm, args.json))

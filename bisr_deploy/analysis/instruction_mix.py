@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..compile.bitserial import WORD_BITS, BiSRConvSpec, bisrconv_primfunc
 from ..compile.schedule import Schedule
+from ..compile.tir_walk import children
 from ..errors import BisrError
 
 KERNEL_SYMBOL = "bisrconv"  # global symbol of bisrconv_primfunc
@@ -98,22 +99,6 @@ def lower(func, tvm_target: dict):
     return pipeline(mod)[KERNEL_SYMBOL]
 
 
-def _children(node):
-    """The TIR statements and expressions directly below ``node`` (from its reflected fields)."""
-    import tvm_ffi
-    from tvm import tirx
-    from tvm.ir.expr import Expr
-
-    info = type(node).__tvm_ffi_type_info__
-    while info is not None:
-        for field in info.fields:
-            value = getattr(node, field.name)
-            for item in (value if isinstance(value, tvm_ffi.Array) else (value,)):
-                if isinstance(item, (tirx.Stmt, Expr)):
-                    yield item
-        info = info.parent_type_info
-
-
 def tir_popcounts(func) -> Counter:
     """Dynamic popcounts of a lowered PrimFunc: {dtype of the popcount (``"uint32x4"``: 4 lanes of 32 bits):
     how many times it runs}. A popcount repeated in one store's value (the epilogue uses its sum in several
@@ -134,11 +119,11 @@ def tir_popcounts(func) -> Counter:
             return
         op = getattr(node.op, "name", None) if isinstance(node, Call) else None
         if isinstance(node, (tirx.IfThenElse, tirx.While)) or op == "prim.if_then_else":
-            for child in _children(node):
+            for child in children(node):
                 visit(child, trips, False, seen)
             return
         if isinstance(node, tirx.Select):  # both arms are evaluated
-            for child in _children(node):
+            for child in children(node):
                 visit(child, trips, exact, seen)
             return
         if op == "tirx.popcount":
@@ -148,7 +133,7 @@ def tir_popcounts(func) -> Counter:
                 return
             seen.append(node)
             counts[str(node.ty.dtype)] += trips
-        for child in _children(node):
+        for child in children(node):
             visit(child, trips, exact, seen)
 
     visit(func.body, 1, True, [])

@@ -298,7 +298,7 @@ def bisrconv_compute(spec: BiSRConvSpec, fusion: Fusion = Fusion(), xs=None, res
     n_layers = fusion.layers
     u32 = "uint32"
     lut_entries = epilogue_lut_entries(spec, schedule) if schedule else 0
-    neon_tables = lut_entries and schedule.epilogue_table == "tbl"
+    neon_tables = bool(lut_entries) and schedule.epilogue_table == "tbl"
     shift_pack = schedule is not None and schedule.pack in ("shift", "sli")
 
     if xs is not None:
@@ -633,7 +633,7 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, schedule: Schedule,
     already computed at (a band of a larger kernel, ``feedforward.py``; the caller parallelises it): the rows
     run under it, and a KxK packs and pads the band's rows there."""
     lut_entries = epilogue_lut_entries(spec, schedule)
-    neon_tables = lut_entries and schedule.epilogue_table == "tbl"
+    neon_tables = bool(lut_entries) and schedule.epilogue_table == "tbl"
     lanes, pixel_block = vector_lanes(spec.width, schedule.lanes), schedule.pixel_block
     block = lambda name: sch.get_sblock(prefix + name)  # noqa: E731
     pack, epi, conv = block("pack"), block("epilogue"), block("conv")
@@ -680,7 +680,7 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, schedule: Schedule,
     else:
         outer = rows
     if spec.tap_words:  # each row's windows just before its convolution (they stay in cache), every butterfly
-        # stage per vector of 16 pixels under the last one's loop (its P words in registers)
+        # stage per vector of pixels under the last one's loop (its P words in registers)
         stages = [block(f"transpose{h}") for h in butterfly_halves(WORD_BITS // spec.group_channels)]
         sch.compute_inline(block("taps"))
         last = stages[-1]
@@ -709,6 +709,13 @@ def schedule_stages(sch, spec: BiSRConvSpec, fusion: Fusion, schedule: Schedule,
         sch.vectorize(sch.split(xx, [None, lanes])[1])
         if spec.words * fusion.layers > 1:
             sch.unroll(sch.get_loops(pack)[-3])
+        # the padded row as its left border, the packed row (one vector copy, like winograd's pad) and its
+        # right border
+        *_, xx = sch.get_loops(block("pad"))
+        left, right = spec.pads[1], spec.pads[3]
+        if left or right:  # loop_partition's last part is the rest of the loop
+            xx = sch.loop_partition(xx, [left] * bool(left) + ([spec.width, None] if right else [None]))[int(bool(left))]
+        sch.vectorize(xx)
     else:  # 1x1: pack each row just before its convolution, while X's row is still in cache
         sch.compute_at(pack, rows)
         _vectorize_row(sch, pack, lanes)

@@ -34,6 +34,8 @@ A block of another shape than expected keeps TVM's vectorisation.
 
 from __future__ import annotations
 
+from .tir_walk import children
+
 PIXELS = 16  # one uint8x16 vector of table indices: the pixels one lookup serves
 ALL_ONES = 0xFFFFFFFF
 
@@ -104,14 +106,8 @@ def _with_body(realize, body, reads=None, writes=None):
     return s_tir.SBlockRealize(realize.iter_values, realize.predicate, new)
 
 
-def _children(node):
-    from ..analysis.instruction_mix import _children as children
-
-    return children(node)
-
-
 def _mentions(expr, var) -> bool:
-    return expr.same_as(var) or any(_mentions(child, var) for child in _children(expr))
+    return expr.same_as(var) or any(_mentions(child, var) for child in children(expr))
 
 
 def _ramp(index, x, lanes: int, offset: int = 0):
@@ -206,7 +202,7 @@ def _vector_lookup(loop, realize):
     def collect(expr):
         if isinstance(expr, TensorLoad):
             loads.append(expr)
-        for child in _children(expr):
+        for child in children(expr):
             collect(child)
 
     collect(realize.block.body.value)

@@ -27,6 +27,7 @@ class Core:
     example: str  # the chip the clock, bandwidth and caches are taken from
     binary_macs_per_cycle: float  # peak: XOR + popcount + accumulate on every vector pipe that can do them
     fmas_per_cycle: float  # peak float32 multiply-adds per cycle (FMA pipes x lanes)
+    cpu_id: tuple[str, int, int] | None = None  # a calibration machine's (vendor, family, model): ``host_core``
 
     def cache_bytes(self, threads: int) -> int:
         return self.l2 * threads + self.l3
@@ -43,11 +44,14 @@ CORES = {core.name: core for core in (
          512 / 3, 16),
     Core("neoverse-n1", "aarch64", "neoverse-n1", 2.5, 204.8, 64 * KIB, 1 * MIB, 32 * MIB, "AWS Graviton2", 256 / 3, 8),
     Core("xeon-kvm", "x86_64", "skylake-avx512", 3.76, 15.0, 48 * KIB, 2 * MIB, 0,
-         "this project's 2-core KVM Xeon (CPUID model 167), a calibration machine", 1024 / 3, 32),
+         "this project's 2-core KVM Xeon (CPUID model 167), a calibration machine", 1024 / 3, 32,
+         ("GenuineIntel", 6, 167)),
     Core("epyc-kvm", "x86_64", "znver4", 3.64, 26.3, 32 * KIB, 1 * MIB, 32 * MIB,
-         "this project's 2-core KVM AMD EPYC (Zen 4, family 25 model 17), a calibration machine", 1024 / 3, 16),
+         "this project's 2-core KVM AMD EPYC (Zen 4, family 25 model 17), a calibration machine", 1024 / 3, 16,
+         ("AuthenticAMD", 25, 17)),
     Core("epyc-zen3-kvm", "x86_64", "znver3", 3.20, 34.1, 32 * KIB, 512 * KIB, 32 * MIB,
-         "this project's 2-core KVM AMD EPYC (Zen 3, family 25 model 1, AVX2), a calibration machine", 128, 16),
+         "this project's 2-core KVM AMD EPYC (Zen 3, family 25 model 1, AVX2), a calibration machine", 128, 16,
+         ("AuthenticAMD", 25, 1)),
 )}
 
 
@@ -56,6 +60,14 @@ def core_by_name(name: str) -> Core:
     if name not in CORES:
         raise BisrError(f"unknown core {name!r}; known: {', '.join(CORES)} (--core list)")
     return CORES[name]
+
+
+def host_core() -> Core | None:
+    """The calibration core of this machine (its ``cpu_id``), None on any other machine."""
+    from ..hostcpu import cpu_id
+
+    here = cpu_id()
+    return next((core for core in CORES.values() if core.cpu_id is not None and core.cpu_id == here), None)
 
 
 def core_table() -> str:

@@ -70,7 +70,7 @@ def tir_loops(func) -> list[TirLoop]:
     """The ``For`` loops of a lowered PrimFunc in program order. ``BisrError`` for a loop of unknown extent."""
     from tvm import tirx
 
-    from ..analysis.instruction_mix import _children
+    from ..compile.tir_walk import children
 
     loops: list[TirLoop] = []
 
@@ -82,7 +82,7 @@ def tir_loops(func) -> list[TirLoop]:
             parallel = parallel or node.kind == tirx.ForKind.PARALLEL
             loops.append(TirLoop(node.loop_var.name, trips, parallel, parent))
             parent = node.loop_var.name
-        for child in _children(node):
+        for child in children(node):
             visit(child, trips, parallel, parent)
 
     visit(func.body, 1, False, None)
