@@ -155,6 +155,34 @@ def _tmp():
     return Path(tempfile.mkdtemp(prefix="bisr-test-mca-"))
 
 
+TBL2_ZIP_IR = """\
+target triple = "aarch64-linux-gnu"
+define void @k(ptr %out) {
+entry:
+  %1 = tail call <16 x i8> @llvm.aarch64.neon.tbl2.v16i8(<16 x i8> zeroinitializer, <16 x i8> zeroinitializer, <16 x i8> zeroinitializer)
+  %2 = tail call <16 x i8> @llvm.aarch64.neon.tbl2.v16i8(<16 x i8> zeroinitializer, <16 x i8> <i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1, i8 1>, <16 x i8> zeroinitializer)
+  %3 = shufflevector <16 x i8> %1, <16 x i8> %2, <16 x i32> <i32 8, i32 24, i32 9, i32 25, i32 10, i32 26, i32 11, i32 27, i32 poison, i32 poison, i32 poison, i32 poison, i32 poison, i32 poison, i32 poison, i32 poison>
+  store <16 x i8> %3, ptr %out, align 16
+  ret void
+}
+declare <16 x i8> @llvm.aarch64.neon.tbl2.v16i8(<16 x i8>, <16 x i8>, <16 x i8>)
+"""
+
+
+def test_llvm19_ir_keeps_llc_off_its_tbl2_shuffle_combine(tmp_path):
+    """A zip of two ``tbl2`` lookups (neon.py's table planes; here reduced by llvm-reduce from a 32 x 32 kernel)
+    crashes LLVM 19's llc; after ``llvm19_ir`` (each result frozen, no instruction) it assembles to the lookups
+    and the zip."""
+    ir = loops.llvm19_ir(TBL2_ZIP_IR)
+    assert "%tbl2.1 = tail call <16 x i8> @llvm.aarch64.neon.tbl2" in ir and "%1 = freeze <16 x i8> %tbl2.1" in ir
+    (tmp_path / "k.ll").write_text(ir)
+    proc = subprocess.run([loops.llvm_tool("llc"), "-O3", "-mtriple=aarch64-linux-gnu", "-mattr=+neon",
+                           str(tmp_path / "k.ll"), "-o", str(tmp_path / "k.s")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    asm = (tmp_path / "k.s").read_text()
+    assert asm.count("tbl\t") == 2 and "zip2" in asm
+
+
 def test_llvm19_ir_moves_masked_alignment_into_an_operand():
     line = "  %v = tail call <8 x i32> @llvm.masked.load.v8i32.p0(ptr align 4 %p, <8 x i1> %m, <8 x i32> poison)"
     store = "  call void @llvm.masked.store.v8i32.p0(<8 x i32> %v, ptr align 16 %q, <8 x i1> %m)"

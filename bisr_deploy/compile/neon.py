@@ -298,6 +298,9 @@ def _sli_word(expr, x, lanes: int):
 
 
 def _vector_pack(loop, realize):
-    """The ``pack`` block of one vector of pixels, its channels inserted by ``sli``."""
+    """The ``pack`` block of one vector of pixels, its channels inserted by ``sli`` (a row of odd width packs
+    pixel by pixel: TVM's scalar code)."""
     x, lanes = _first_pixel_and_lanes(loop, realize)
+    if lanes not in (2, 4):
+        raise _Unsupported(f"{lanes} lanes")
     return _with_body(realize, _stored(realize, _sli_word(realize.block.body.value, x, lanes), lanes))
